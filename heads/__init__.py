@@ -1,0 +1,11 @@
+"""Output heads of the shared transformer (leaf package: depends on torch only, never on `mmar`).
+
+Registry key = file stem = class. A new head is one file plus one line here; the contract test in
+tests/test_head_contract.py then covers it.
+"""
+
+from heads.base import IGNORE_INDEX, Head, HeadOutput, HeadSpec
+
+HEADS: dict[str, type[Head]] = {}
+
+__all__ = ["HEADS", "IGNORE_INDEX", "Head", "HeadOutput", "HeadSpec"]

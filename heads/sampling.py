@@ -1,0 +1,52 @@
+"""Small pure sampling helpers shared by the heads (gpt-fast style): guidance, temperature, top-k/p."""
+
+from __future__ import annotations
+
+import torch
+
+
+def split_guidance(hidden: torch.Tensor, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(2N, D) -> conditional (N, D), unconditional (N, D) when guiding; else (hidden, None)."""
+    if guidance_scale == 1.0:
+        return hidden, None
+    if hidden.shape[0] % 2:
+        raise ValueError(f"guidance needs (2N, D) hidden states (cond rows then uncond), got {tuple(hidden.shape)}")
+    conditional, unconditional = hidden.chunk(2, dim=0)  # (N, D) each
+    return conditional, unconditional
+
+
+def mix_guidance(conditional: torch.Tensor, unconditional: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: u + s * (c - u). Works for logits and velocities alike."""
+    if unconditional is None:
+        return conditional
+    return unconditional + guidance_scale * (conditional - unconditional)
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one index per row of `logits (..., V)` -> (...) long. temperature 0 is greedy."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature  # (..., V)
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (..., V)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the mass before it already exceeds top_p (the top token always stays).
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) > top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)  # (..., V)
+    flat = probs.reshape(-1, probs.shape[-1])  # (M, V)
+    drawn = torch.multinomial(flat, 1, generator=generator)  # (M, 1)
+    return drawn.view(probs.shape[:-1])

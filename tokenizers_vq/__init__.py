@@ -1,0 +1,14 @@
+"""Modality tokenizers (leaf package: depends on torch only, never on `mmar`).
+
+Registry key = file stem = class. A new tokenizer is one file plus one line here; the contract
+test in tests/test_tokenizer_contract.py then covers it.
+"""
+
+from tokenizers_vq.base import Tokenizer, TokenizerLoss, load_tokenizer
+from tokenizers_vq.text import Text
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {
+    "text": Text,
+}
+
+__all__ = ["TOKENIZERS", "Tokenizer", "TokenizerLoss", "load_tokenizer"]
