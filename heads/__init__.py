@@ -5,7 +5,12 @@ tests/test_head_contract.py then covers it.
 """
 
 from heads.base import IGNORE_INDEX, Head, HeadOutput, HeadSpec
+from heads.next_scale import NextScale
+from heads.next_token import NextToken
 
-HEADS: dict[str, type[Head]] = {}
+HEADS: dict[str, type[Head]] = {
+    "next_token": NextToken,
+    "next_scale": NextScale,
+}
 
 __all__ = ["HEADS", "IGNORE_INDEX", "Head", "HeadOutput", "HeadSpec"]

@@ -119,12 +119,18 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if name not in TOKENIZERS:
         raise ValueError(f"{config_path}: unknown tokenizer class {name!r}; known: {sorted(TOKENIZERS)}")
     tokenizer = TOKENIZERS[name].from_config_dict(values)
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"missing weights {weights_path}; the tokenizer folder is incomplete")
-    try:
-        missing, unexpected = load_model(tokenizer, str(weights_path), strict=False)
-    except Exception as error:  # safetensors raises several types for truncated/altered files
-        raise ValueError(f"cannot read {weights_path} ({error}); the file is truncated or corrupt") from error
-    if missing or unexpected:
-        raise ValueError(f"{weights_path} does not match {name}: missing {missing}, unexpected {unexpected}")
+    load_weights(tokenizer, weights_path)
     return tokenizer.eval()
+
+
+def load_weights(module: nn.Module, path: str | Path) -> None:
+    """Load `model.safetensors` into `module` strictly; a one-line error for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights {path}; the folder is incomplete (re-save or re-train it)")
+    try:
+        missing, unexpected = load_model(module, str(path), strict=False)
+    except Exception as error:  # safetensors raises several types for truncated/altered files
+        raise ValueError(f"cannot read {path} ({error}); the file is truncated or corrupt") from error
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match {type(module).__name__}: missing {missing}, unexpected {unexpected}")

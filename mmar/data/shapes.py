@@ -69,7 +69,8 @@ def render(color: str, shape: str, position: str, size: int = 32, *, extent: flo
     if shape == "circle":
         inside = (x - cx) ** 2 + (y - cy) ** 2 <= half**2
     elif shape == "square":
-        side = half * 0.85  # equal area feel next to the circle
+        # About the circle's area (sqrt(pi)/2 = 0.886), and >= 10 px across at the smallest extent.
+        side = half * 0.91
         inside = ((x - cx).abs() <= side) & ((y - cy).abs() <= side)
     elif shape == "triangle":
         # Upright isosceles triangle: apex at the top, base at the bottom.

@@ -1,0 +1,103 @@
+"""The shared id space and the position layout of every modality.
+
+Ids, in order: special tokens (pad, bos, eos), per modality `<m:name>`, `</m:name>` and
+`<in:name>` (a vector-fed position), the 256 text bytes, then one disjoint code range per
+discrete modality and codebook level. Text and specials come first, so the text head's local
+targets are simply the shared ids below `text_vocab_size`.
+
+Positions are 3-axis (t, row, col), the only position signal (M-RoPE): text at p is (p, p, p); a
+grid that opens at p0 is (p0 + t, p0 + row, p0 + col); a next-scale scale places its cells at the
+centres of the final grid they cover (row and column scaled to the final grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+SPECIALS = ("<pad>", "<bos>", "<eos>")
+PAD, BOS, EOS = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What the token stream must know about one tokenizer (derived from it, saved with the model)."""
+
+    name: str  # key of the tokenizer in the pipeline, e.g. "image"
+    codebook_size: int  # 0 for a continuous tokenizer
+    num_codebooks: int  # levels per position (0 for continuous)
+    latent_channels: int  # C of vector inputs (teacher inputs or latents); 0 when fed by ids
+    grid: tuple[int, int, int]  # (t, h, w) of the final token grid
+    scales: tuple[tuple[int, int], ...] = field(default=())  # next-scale schedule, first (1, 1)
+
+    @property
+    def kind(self) -> str:
+        """'scales' (next-scale), 'vectors' (continuous, causal) or 'codes' (discrete, causal)."""
+        if self.scales:
+            return "scales"
+        return "vectors" if self.codebook_size == 0 else "codes"
+
+    @property
+    def num_tokens(self) -> int:
+        if self.scales:
+            return sum(h * w for h, w in self.scales)
+        t, h, w = self.grid
+        return t * h * w
+
+
+class TokenLayout:
+    def __init__(self, modalities: list[ModalitySpec]) -> None:
+        self.modalities = {spec.name: spec for spec in modalities}
+        if "text" in self.modalities:
+            raise ValueError("'text' is built in; do not list it among the modalities")
+        self.open_id, self.close_id, self.input_id = {}, {}, {}
+        next_id = len(SPECIALS)
+        for name in self.modalities:
+            self.open_id[name], self.close_id[name], self.input_id[name] = next_id, next_id + 1, next_id + 2
+            next_id += 3
+        self.byte_offset = next_id
+        self.text_vocab_size = next_id + 256
+        self.code_offset = {}
+        next_id = self.text_vocab_size
+        for name, spec in self.modalities.items():
+            if spec.kind == "codes":
+                self.code_offset[name] = next_id
+                next_id += spec.codebook_size * spec.num_codebooks
+        self.vocab_size = next_id
+
+    def text_ids(self, byte_codes: torch.Tensor) -> torch.Tensor:
+        return byte_codes + self.byte_offset
+
+    def code_ids(self, name: str, codes: torch.Tensor) -> torch.Tensor:
+        """Local codes (..., ) of a single-level modality -> shared ids."""
+        return codes + self.code_offset[name]
+
+    def modality_of_open(self, token_id: int) -> str | None:
+        return next((name for name, i in self.open_id.items() if i == token_id), None)
+
+
+def grid_positions(grid: tuple[int, int, int], start: torch.Tensor) -> torch.Tensor:
+    """Positions of a (t, h, w) grid in raster order opening at `start` (B,) -> (B, t*h*w, 3) float."""
+    t, h, w = grid
+    axes = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    offsets = torch.stack([a.reshape(-1) for a in axes], dim=-1).to(start.device, torch.float32)  # (n, 3)
+    return start.view(-1, 1, 1).float() + offsets  # (B, n, 3)
+
+
+def scale_positions(scales: tuple[tuple[int, int], ...], grid: tuple[int, int, int], start: torch.Tensor) -> torch.Tensor:
+    """Positions of every scale's cells, scaled to the final grid, opening at `start` (B,) -> (B, sum h*w, 3)."""
+    _, height, width = grid
+    pieces = []
+    for h, w in scales:
+        rows = (torch.arange(h, dtype=torch.float32) + 0.5) * height / h - 0.5  # (h,) centre in final-grid units
+        cols = (torch.arange(w, dtype=torch.float32) + 0.5) * width / w - 0.5  # (w,)
+        r, c = torch.meshgrid(rows, cols, indexing="ij")
+        pieces.append(torch.stack([torch.zeros(h * w), r.reshape(-1), c.reshape(-1)], dim=-1))  # (h*w, 3)
+    offsets = torch.cat(pieces).to(start.device)  # (L, 3)
+    return start.view(-1, 1, 1).float() + offsets  # (B, L, 3)
+
+
+def segment_span(spec: ModalitySpec) -> int:
+    """How far the text position advances over a segment's body (M-RoPE: the largest axis extent)."""
+    return max(spec.grid)

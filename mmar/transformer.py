@@ -1,0 +1,199 @@
+"""Llama-style causal transformer over input embeddings, with block-id masking and a static KV cache.
+
+RMSNorm, SwiGLU, grouped-query attention through `scaled_dot_product_attention`, and multi-axis
+rotary positions (M-RoPE, Qwen2-VL; MM-RoPE): the rotary pairs are split across three axes
+(t, row, col), so text at position p uses (p, p, p) and an image grid its (t, row, col). The cache
+follows gpt-fast: pre-allocated keys/values written at given slots, one forward for training,
+prefill and decode.
+
+The mask is built from block ids alone: query i sees key j iff block[j] <= block[i] (same row).
+Every position its own block gives causal attention; one block per scale gives VAR's mask.
+Padding carries the sentinel block PAD_BLOCK, which no query reaches, and a padding query sees
+only itself so no row is fully masked (SDPA would return NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+#: block id of padding and of unwritten cache slots: above every real block id.
+PAD_BLOCK = 2**30
+
+
+@dataclass
+class TransformerConfig:
+    dim: int = 192
+    num_layers: int = 4
+    num_heads: int = 6
+    num_kv_heads: int = 2
+    mlp_ratio: float = 8 / 3
+    norm_eps: float = 1e-5
+    rope_theta: float = 10_000.0
+    max_len: int = 512
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(f"dim {self.dim} / num_heads {self.num_heads} / num_kv_heads {self.num_kv_heads} do not divide")
+        if (self.dim // self.num_heads) % 2:
+            raise ValueError("the head dimension must be even for rotary positions")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)  # (..., D)
+        return normed.type_as(x) * self.weight
+
+
+class MultiAxisRotary(nn.Module):
+    """Rotary embedding whose frequency pairs are split over 3 position axes (t, row, col)."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        num_pairs = head_dim // 2
+        # Split the pairs as evenly as possible; the first axis takes the remainder.
+        sections = [num_pairs - 2 * (num_pairs // 3), num_pairs // 3, num_pairs // 3]
+        inverse = [1.0 / theta ** (torch.arange(n, dtype=torch.float64) / max(n, 1)) for n in sections]
+        self.register_buffer("inverse_frequencies", torch.cat(inverse), persistent=False)  # (P,)
+        self.register_buffer("axis", torch.repeat_interleave(torch.arange(3), torch.tensor(sections)), persistent=False)  # (P,)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T, 3) -> cos, sin (B, 1, T, P) in `dtype` (float64 stays float64)."""
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        per_pair = positions.to(work)[..., self.axis]  # (B, T, P)
+        angles = per_pair * self.inverse_frequencies.to(work)  # (B, T, P)
+        return angles.cos().unsqueeze(1).to(dtype), angles.sin().unsqueeze(1).to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, hd) by angles (B, 1, T, hd/2), NeoX half-split convention."""
+    first, second = x.chunk(2, dim=-1)  # (B, H, T, hd/2) each
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+
+class KVCache(nn.Module):
+    """Pre-allocated keys and values for one layer: (B, H_kv, L, hd)."""
+
+    def __init__(self, batch: int, max_len: int, num_kv_heads: int, head_dim: int, dtype, device) -> None:
+        super().__init__()
+        shape = (batch, num_kv_heads, max_len, head_dim)
+        self.register_buffer("keys", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("values", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys.index_copy_(2, slots, keys)
+        self.values.index_copy_(2, slots, values)
+        return self.keys, self.values
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.qkv = nn.Linear(config.dim, (config.num_heads + 2 * config.num_kv_heads) * config.head_dim, bias=False)
+        self.out = nn.Linear(config.num_heads * config.head_dim, config.dim, bias=False)
+        self.cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, slots, mask):
+        qkv = self.qkv(x)  # (B, T, (H + 2 H_kv) hd)
+        q, k, v = qkv.split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+                             self.num_kv_heads * self.head_dim], dim=-1)
+        q = rearrange(q, "b t (h d) -> b h t d", d=self.head_dim)
+        k = rearrange(k, "b t (h d) -> b h t d", d=self.head_dim)
+        v = rearrange(v, "b t (h d) -> b h t d", d=self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.cache is not None:
+            k, v = self.cache.update(slots, k, v)  # (B, H_kv, L, hd) each
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
+        return self.out(rearrange(y, "b h t d -> b t (h d)"))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        hidden = 64 * math.ceil(config.mlp_ratio * config.dim / 64)
+        self.gate_up = nn.Linear(config.dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, F) each
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x, cos, sin, slots, mask):
+        x = x + self.attention(self.attention_norm(x), cos, sin, slots, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def block_mask(query_block: torch.Tensor, key_block: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """The one attention rule. query_block (B, T), key_block (B, L), slots (T,) -> mask (B, 1, T, L) bool.
+
+    Query i sees key j iff block[j] <= block[i]; a padding query (PAD_BLOCK) sees only its own slot.
+    """
+    visible = key_block[:, None, :] <= query_block[:, :, None]  # (B, T, L)
+    visible &= (query_block < PAD_BLOCK)[:, :, None]
+    own = torch.arange(key_block.shape[1], device=slots.device)[None, :] == slots[:, None]  # (T, L)
+    return (visible | own).unsqueeze(1)
+
+
+class Transformer(nn.Module):
+    """forward(x (B, T, D), slots (T,), positions (B, T, 3), block (B, T)) -> hidden (B, T, D)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.rotary = MultiAxisRotary(config.head_dim, config.rope_theta)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.cache_block: torch.Tensor | None = None  # (B, L) block id of every cache slot
+
+    def setup_caches(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> None:
+        """Pre-allocate keys, values and block ids for `batch` rows of up to `max_len` positions."""
+        if max_len > self.config.max_len:
+            raise ValueError(f"sequence of {max_len} positions exceeds the model's max_len {self.config.max_len}")
+        weight = self.norm.weight
+        dtype = dtype or weight.dtype
+        for layer in self.layers:
+            layer.attention.cache = KVCache(batch, max_len, self.config.num_kv_heads, self.config.head_dim, dtype, weight.device)
+        self.cache_block = torch.full((batch, max_len), PAD_BLOCK, dtype=torch.long, device=weight.device)  # (B, L)
+
+    def clear_caches(self) -> None:
+        for layer in self.layers:
+            layer.attention.cache = None
+        self.cache_block = None
+
+    def forward(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        if self.cache_block is not None:
+            self.cache_block.index_copy_(1, slots, block)
+            key_block = self.cache_block  # (B, L)
+        else:
+            if x.shape[1] > self.config.max_len:
+                raise ValueError(f"sequence of {x.shape[1]} positions exceeds the model's max_len {self.config.max_len}")
+            key_block = block  # (B, T)
+        mask = block_mask(block, key_block, slots)  # (B, 1, T, L)
+        cos, sin = self.rotary(positions, x.dtype)  # (B, 1, T, hd/2) each
+        for layer in self.layers:
+            x = layer(x, cos, sin, slots, mask)
+        return self.norm(x)
