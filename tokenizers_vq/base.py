@@ -71,6 +71,10 @@ class Tokenizer(nn.Module):
     def training_loss(self, data: torch.Tensor, generator: torch.Generator | None = None) -> TokenizerLoss:
         raise NotImplementedError
 
+    def forward(self, data: torch.Tensor, generator: torch.Generator | None = None) -> TokenizerLoss:
+        """Training entry point (so DDP wrappers see a forward call): the training loss."""
+        return self.training_loss(data, generator)
+
     @torch.no_grad()
     def calibrate(self, data: torch.Tensor) -> None:
         """Fit data-dependent constants after training (e.g. a latent scaling factor). Default: none."""

@@ -131,6 +131,11 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, h * 2**D, w * 2**D)
 
 
+def reconstruction_loss(kind: str, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute ("l1") or squared ("mse") error: ()."""
+    return F.l1_loss(reconstruction, images) if kind == "l1" else F.mse_loss(reconstruction, images)
+
+
 def reconstruction_metrics(reconstruction: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """MSE and PSNR of a reconstruction clamped to [-1, 1] against images in [-1, 1] (peak-to-peak 2).
 

@@ -1,0 +1,79 @@
+"""Pre-tokenized datasets: encode a captioned source once with a frozen tokenizer, store safetensors shards.
+
+Layout of a tokens folder: `shard-00000.safetensors` ... (tensor "tokens", captions as JSON in the
+file's metadata) and `index.json`, written last: a folder without it is incomplete and is rebuilt.
+The whole folder is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def encode_dataset(tokenizer, dataset, directory: str | Path, *, batch_size: int = 256, shard_size: int = 16384,
+                   device: torch.device | str = "cpu", progress: bool = True) -> Path:
+    """Encode every (image, caption) of `dataset` -> tokens folder at `directory` (returned)."""
+    directory = Path(directory)
+    temporary = directory.with_name(f".tmp-{directory.name}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    tokenizer = tokenizer.to(device).eval()
+    shards, tokens, captions, count = [], [], [], 0
+
+    def flush() -> None:
+        name = f"shard-{len(shards):05d}.safetensors"
+        save_file({"tokens": torch.cat(tokens).contiguous()}, str(temporary / name), metadata={"captions": json.dumps(captions)})
+        shards.append(name)
+        tokens.clear()
+        captions.clear()
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda items: items)
+    for items in tqdm(loader, desc="encoding", unit="batch", disable=not progress):
+        images = torch.stack([image for image, _ in items]).to(device)  # (B, 3, H, W)
+        tokens.append(tokenizer.encode(images).cpu())  # (B, *token_shape[, C])
+        captions.extend(caption for _, caption in items)
+        count += len(items)
+        if sum(len(t) for t in tokens) >= shard_size:
+            flush()
+    if tokens:
+        flush()
+    if count == 0:
+        raise ValueError("the data source is empty: nothing to encode")
+    index = {"num_items": count, "shards": shards}
+    (temporary / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    shutil.rmtree(directory, ignore_errors=True)
+    temporary.replace(directory)
+    return directory
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """All shards of a tokens folder in memory: item i -> (tokens (*token_shape[, C]), caption)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        index_path = directory / "index.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a complete tokens folder (no index.json); re-encode it")
+        index = json.loads(index_path.read_text())
+        tokens, self.captions = [], []
+        for name in index["shards"]:
+            with safe_open(str(directory / name), framework="pt") as handle:
+                tokens.append(handle.get_tensor("tokens"))
+                self.captions.extend(json.loads(handle.metadata()["captions"]))
+        self.tokens = torch.cat(tokens)  # (N, *token_shape[, C])
+        if len(self.tokens) != index["num_items"] or len(self.captions) != len(self.tokens):
+            raise ValueError(f"{directory}: shards hold {len(self.tokens)} items, index says {index['num_items']}; re-encode")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        return self.tokens[index], self.captions[index]

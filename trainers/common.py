@@ -1,0 +1,198 @@
+"""Pieces both training loops share: optimiser settings and schedule, seeded randomness, data order,
+EMA, JSONL metrics and the non-finite guard. Each loop (ar.py, tokenizer.py) reads top to bottom
+and calls these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 1000
+    batch_size: int = 32  # per optimiser step, over all ranks and micro-batches
+    grad_accum: int = 1  # micro-batches per step on each rank
+    learning_rate: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    clip: float = 1.0
+    ema_beta: float = 0.999
+    max_nonfinite: int = 5  # this many non-finite steps in a row stop the run
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be positive")
+
+
+def learning_rate(step: int, config: OptimConfig) -> float:
+    """Linear warmup, then cosine to `min_lr_ratio` of the peak."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.learning_rate * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms and embeddings (any parameter with < 2 dims or an embedding)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (decay if parameter.dim() >= 2 and "embedding" not in name else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
+
+
+def seeded_generator(seed: int, step: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """All training randomness comes from here: a generator seeded by (seed, step, rank)."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+class DataOrder:
+    """An epoch-wise permutation seeded by (seed, epoch); its position is saved for exact resume."""
+
+    def __init__(self, num_items: int, seed: int) -> None:
+        if num_items < 1:
+            raise ValueError("the dataset is empty")
+        self.num_items, self.seed = num_items, seed
+        self.epoch, self.position = 0, 0
+
+    def _permutation(self) -> torch.Tensor:
+        return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 7_919 + self.epoch))
+
+    def take(self, count: int) -> list[int]:
+        indices = []
+        while len(indices) < count:
+            permutation = self._permutation()
+            chunk = permutation[self.position: self.position + count - len(indices)].tolist()
+            indices += chunk
+            self.position += len(chunk)
+            if self.position >= self.num_items:
+                self.epoch, self.position = self.epoch + 1, 0
+        return indices
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class EMA:
+    """Exponential moving average of weights with warm-up: decay = min(beta, (1 + s) / (10 + s))."""
+
+    def __init__(self, model: nn.Module, beta: float) -> None:
+        self.beta = beta
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.beta, (1 + step) / (10 + step))
+        for key, value in model.state_dict().items():
+            shadow = self.shadow[key]
+            if value.dtype.is_floating_point:
+                shadow.mul_(decay).add_(value.detach().float(), alpha=1 - decay)
+            else:
+                shadow.copy_(value)
+
+    def copy_to(self, model: nn.Module) -> None:
+        state = model.state_dict()
+        model.load_state_dict({k: v.to(state[k].dtype) for k, v in self.shadow.items()})
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self.started = time.perf_counter()
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.perf_counter() - self.started, 3), **values}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class NonFiniteGuard:
+    """Counts non-finite steps in a row and stops the run with a clear error after too many."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_a_row = limit, 0
+
+    def check(self, grad_norm: torch.Tensor, step: int) -> bool:
+        """True when the step may be applied. grad_norm is identical on every rank (after all-reduce)."""
+        if torch.isfinite(grad_norm):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise FloatingPointError(
+                f"{self.in_a_row} non-finite losses/gradients in a row (last at step {step}); "
+                "lower the learning rate or check the data, then resume from the last checkpoint"
+            )
+        return False
+
+
+@dataclass
+class DataConfig:
+    source: str = "shapes"  # shapes | fashion_mnist | folder
+    size: int = 32
+    num_items: int = 20_000  # procedural sources; real sources are capped to this
+    seed: int = 0
+    path: str | None = None  # the folder source's root
+
+
+@dataclass
+class RunConfig:
+    """How a run logs, samples, saves and seeds."""
+
+    log_every: int = 10
+    sample_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    cpu: bool = False  # force CPU even when CUDA is available
+    progress: bool = True
+
+
+def make_accelerator(run: RunConfig):
+    """An Accelerator: bf16 autocast on GPU, fp32 on CPU; checks the launcher's world size."""
+    import os
+
+    from accelerate import Accelerator
+
+    use_cpu = run.cpu or not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else "bf16")
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != expected:
+        raise RuntimeError(f"launched {expected} processes but accelerate sees {accelerator.num_processes}; "
+                           "on CPU use `torchrun --nproc_per_node N` (see README)")
+    return accelerator
+
+
+def rank_slice(indices: list[int], rank: int, world: int, grad_accum: int) -> list[list[int]]:
+    """This rank's share of a global batch, split into `grad_accum` micro-batches."""
+    mine = indices[rank::world]
+    size = (len(mine) + grad_accum - 1) // grad_accum
+    return [mine[i:i + size] for i in range(0, len(mine), size)]

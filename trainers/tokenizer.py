@@ -1,0 +1,126 @@
+"""The tokenizer training loop (one accelerate loop for every registered tokenizer).
+
+Reads raw media from a data source, minimises `tokenizer.training_loss`, keeps EMA weights,
+checkpoints crash-safely, and exports the EMA tokenizer (calibrated) with a reconstruction report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mmar.config import save_json
+from mmar.data import make_source
+from mmar.evaluation.reconstruction import reconstruction_metrics, reconstruction_grid
+from mmar.images import save_atomic
+from tokenizers_vq import TOKENIZERS
+from trainers.checkpoint import load_latest, save_checkpoint
+from trainers.common import (EMA, DataConfig, DataOrder, MetricsLog, NonFiniteGuard, OptimConfig, RunConfig,
+                             learning_rate, make_accelerator, make_optimizer, rank_slice, seeded_generator)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizerTrainConfig:
+    out: str = "runs/tokenizer"
+    tokenizer: str = "image_vq"  # key of tokenizers_vq.TOKENIZERS
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)  # fields of that tokenizer's Config
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=600, batch_size=64, learning_rate=2e-3,
+                                                                    warmup_steps=20, weight_decay=0.0, beta2=0.99))
+    run: RunConfig = field(default_factory=lambda: RunConfig(sample_every=200, checkpoint_every=200))
+    eval_items: int = 512  # held out from training: the last items of the source
+
+
+def build_tokenizer(config: TokenizerTrainConfig):
+    if config.tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {config.tokenizer!r}; known: {sorted(TOKENIZERS)}")
+    cls = TOKENIZERS[config.tokenizer]
+    return cls.from_config_dict({"image_size": config.data.size, **config.tokenizer_config}
+                                if "image_size" in cls.Config.__dataclass_fields__ else dict(config.tokenizer_config))
+
+
+def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
+    """Train, then write `<out>/tokenizer/` (EMA weights) and `<out>/report.json`. Returns the tokenizer folder."""
+    accelerator = make_accelerator(config.run)
+    out, main, device = Path(config.out), accelerator.is_main_process, device
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(config, out / "config.json")
+    source = make_source(config.data.source, size=config.data.size, num_items=config.data.num_items,
+                         seed=config.data.seed, path=config.data.path)
+    num_train = len(source) - min(config.eval_items, len(source) // 5)
+    tokenizer = build_tokenizer(config)
+    optimizer = make_optimizer(tokenizer, config.optim)
+    tokenizer, optimizer = accelerator.prepare(tokenizer, optimizer)
+    raw = accelerator.unwrap_model(tokenizer)
+    ema = EMA(raw, config.optim.ema_beta)
+    order = DataOrder(num_train, config.run.seed)
+    start = 0
+    if resume and (state := load_latest(out / "checkpoints")):
+        raw.load_state_dict(state["model"])
+        ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
+        optimizer.load_state_dict(state["optimizer"])
+        order.load_state_dict(state["trainer"]["data_order"])
+        start = state["trainer"]["step"]
+        logger.info("resumed from %s at step %d", state["path"], start)
+    log, guard = MetricsLog(out / "metrics.jsonl", main), NonFiniteGuard(config.optim.max_nonfinite)
+    bar = tqdm(range(start, config.optim.steps), initial=start, total=config.optim.steps, desc="tokenizer",
+               disable=not (main and config.run.progress))
+    tic = time.perf_counter()
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config.optim)
+        generator = seeded_generator(config.run.seed, step, accelerator.process_index, device)
+        micro_batches = rank_slice(order.take(config.optim.batch_size), accelerator.process_index,
+                                   accelerator.num_processes, config.optim.grad_accum)
+        metrics: dict[str, float] = {}
+        for i, indices in enumerate(micro_batches):
+            images = torch.stack([source[j][0] for j in indices]).to(device)  # (b, 3, H, W)
+            sync = accelerator.no_sync(tokenizer) if i < len(micro_batches) - 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                result = tokenizer(images, generator)  # forward = training_loss, through DDP when distributed
+                accelerator.backward(result.loss / len(micro_batches))
+            for key, value in result.metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + float(value) / len(micro_batches)
+        grad_norm = accelerator.clip_grad_norm_(tokenizer.parameters(), config.optim.clip)
+        if guard.check(grad_norm, step):
+            optimizer.step()
+            ema.update(raw, step)
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if main and (done % config.run.log_every == 0 or done == config.optim.steps):
+            rate = config.optim.batch_size * (done - start) / (time.perf_counter() - tic)
+            log.write(done, {**metrics, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
+                             "images_per_s": rate})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
+        if done % config.run.checkpoint_every == 0 or done == config.optim.steps:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(out / "checkpoints", done, model=raw.state_dict(), ema=ema.shadow,
+                                optimizer=optimizer.state_dict(), trainer={"data_order": order.state_dict()},
+                                keep=config.run.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    export = out / "tokenizer"
+    if main:
+        final = build_tokenizer(config).to(device)
+        ema.copy_to(final)
+        held_out = torch.stack([source[j][0] for j in range(num_train, len(source))])  # (E, 3, H, W)
+        final.calibrate(torch.stack([source[j][0] for j in range(min(512, num_train))]).to(device))
+        final.save_pretrained(export)
+        report = reconstruction_metrics(final, held_out.to(device))
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        save_atomic(reconstruction_grid(final, held_out[:16].to(device)), out / "reconstructions.png")
+        logger.info("tokenizer: %s", report)
+    accelerator.wait_for_everyone()
+    return export
+
