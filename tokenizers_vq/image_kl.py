@@ -136,7 +136,7 @@ class ImageKL(Tokenizer):
         clamped = output.detach().float().clamp(-1, 1)  # (B, 3, H, W)
         mse = F.mse_loss(clamped, images.float()).clamp_min(1e-12)
         metrics = {
-            "reconstruction": float(reconstruction),
+            "reconstruction": float(reconstruction.detach()),
             "kl": float(kl),
             "psnr": float(10 * torch.log10(4.0 / mse)),
         }

@@ -1,0 +1,143 @@
+"""`mmar bench`: generation and training speed, with every speed-up a ratio measured in one run.
+
+Figures (random weights: speed does not depend on them):
+- KV cache vs recomputing the full sequence, next-token, for a 64-token (32x32) and a 256-token image;
+- images/s and transformer calls per image for each image head at batch 1 and 16;
+- training tokens/s (fp32 on CPU; bf16 autocast and model FLOPs utilisation on CUDA);
+- on CUDA, images/s with the decode step compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from mmar.generate import SamplingConfig, generate
+from mmar.layout import ModalitySpec
+from mmar.model import MMAR, HeadChoice, MMARConfig
+from mmar.packing import Segment, pack
+from mmar.pipeline import modality_spec
+from mmar.transformer import TransformerConfig
+from tokenizers_vq import TOKENIZERS
+
+PROMPT = torch.tensor(list(b"a red circle at the top left"))
+H100_BF16_DENSE_TFLOPS = 989.0
+
+
+def _timed(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds of `fn()` over `repeats` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - tic)
+    return sorted(times)[len(times) // 2]
+
+
+def _model(spec: ModalitySpec, head: str, backbone: TransformerConfig, device) -> MMAR:
+    heads = {"text": HeadChoice("next_token"), "image": HeadChoice(head)}
+    return MMAR(MMARConfig(backbone, [spec], heads)).to(device).eval()
+
+
+def _image_tokenizer(head: str, device):
+    name = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow_matching": "image_kl"}[head]
+    tokenizer = TOKENIZERS[name](TOKENIZERS[name].Config()).to(device).eval()
+    return tokenizer, modality_spec("image", tokenizer, (3, 32, 32))
+
+
+def bench_cache(backbone: TransformerConfig, device, repeats: int) -> list[dict]:
+    rows = []
+    for side in (8, 16):
+        spec = ModalitySpec("image", 256, 1, 0, (1, side, side))
+        model = _model(spec, "next_token", backbone, device)
+        config = SamplingConfig(guidance_scale=1.0, seed=0)
+        seconds = {}
+        for use_cache in (True, False):
+            seconds[use_cache] = _timed(lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=use_cache),
+                                        repeats, device)
+        tokens = side * side
+        rows.append({"tokens": tokens, "cached_tokens_per_s": round(tokens / seconds[True], 1),
+                     "recompute_tokens_per_s": round(tokens / seconds[False], 1),
+                     "speedup": round(seconds[False] / seconds[True], 2)})
+    return rows
+
+
+def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 16), compile_step=False) -> list[dict]:
+    rows = []
+    for head in ("next_token", "next_scale", "flow_matching"):
+        tokenizer, spec = _image_tokenizer(head, device)
+        model = _model(spec, head, backbone, device)
+        calls = 1 + (len(spec.scales) - 1 if spec.scales else spec.num_tokens - 1)  # prefill + steps
+        for batch in batches:
+            config = SamplingConfig(guidance_scale=3.0, seed=0)
+            prompts = [PROMPT.to(device)] * batch
+            teacher = getattr(tokenizer, "teacher_inputs", None)
+            seconds = _timed(lambda: generate(model, prompts, "image", config, teacher_inputs=teacher,
+                                              compile_step=compile_step), repeats, device)
+            rows.append({"head": head, "batch": batch, "images_per_s": round(batch / seconds, 2),
+                         "transformer_calls_per_image": calls, "tokens_per_image": spec.num_tokens})
+    return rows
+
+
+def bench_training(backbone: TransformerConfig, device, steps: int, batch: int = 32) -> dict:
+    spec = ModalitySpec("image", 256, 1, 0, (1, 8, 8))
+    model = _model(spec, "next_token", backbone, device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    samples = [[Segment("text", PROMPT), Segment("image", torch.randint(256, (8, 8), generator=generator))]] * batch
+    data = pack(samples, model.layout).to(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = model(data)
+        loss = sum(o.loss_sum / o.count for o in outputs.values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = _timed(step, steps, device)
+    tokens = data.ids.numel()
+    parameters = sum(p.numel() for p in model.transformer.parameters())
+    flops = 6 * parameters * tokens + 12 * backbone.num_layers * backbone.dim * data.ids.shape[1] * tokens
+    result = {"batch": batch, "tokens_per_step": tokens, "tokens_per_s": round(tokens / seconds, 1),
+              "precision": "bf16 autocast" if dtype else "fp32", "transformer_parameters": parameters}
+    if device.type == "cuda":
+        result["mfu_vs_989_tflops"] = round(flops / seconds / (H100_BF16_DENSE_TFLOPS * 1e12), 4)
+    return result
+
+
+def run_bench(quick: bool = False, device: str | None = None, out: str | None = None) -> dict:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    repeats = 1 if quick else 3
+    backbone = TransformerConfig(dim=192, num_layers=4, num_heads=6, num_kv_heads=2, max_len=512)
+    results = {"device": str(device), "threads": torch.get_num_threads(), "backbone": "d=192, 4 layers, 6 heads (quickstart)"}
+    print(f"mmar bench on {device} ({results['threads']} threads), backbone {results['backbone']}")
+    results["kv_cache"] = bench_cache(backbone, device, repeats)
+    for row in results["kv_cache"]:
+        print(f"  next-token, {row['tokens']:>3} tokens, batch 1: cache {row['cached_tokens_per_s']:>8} tok/s, "
+              f"recompute {row['recompute_tokens_per_s']:>8} tok/s, speed-up {row['speedup']}x")
+    results["heads"] = bench_heads(backbone, device, repeats, batches=(1, 4) if quick else (1, 16))
+    for row in results["heads"]:
+        print(f"  {row['head']:<14} batch {row['batch']:>2}: {row['images_per_s']:>7} images/s "
+              f"({row['transformer_calls_per_image']} transformer calls/image, CFG 3)")
+    results["training"] = bench_training(backbone, device, 2 if quick else 5)
+    print(f"  training ({results['training']['precision']}, batch {results['training']['batch']}): "
+          f"{results['training']['tokens_per_s']} tokens/s" +
+          (f", MFU {results['training']['mfu_vs_989_tflops']:.1%} of 989 TFLOP/s" if "mfu_vs_989_tflops" in results["training"] else ""))
+    if device.type == "cuda":
+        results["compiled"] = bench_heads(backbone, device, repeats, batches=(16,), compile_step=True)
+        for row in results["compiled"]:
+            print(f"  compiled decode {row['head']:<14} batch 16: {row['images_per_s']} images/s")
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    return results

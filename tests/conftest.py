@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny models and specs for every kind of image segment (CPU, seconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmar.layout import ModalitySpec
+from mmar.model import MMAR, HeadChoice, MMARConfig
+from mmar.transformer import TransformerConfig
+
+torch.set_num_threads(2)
+
+TINY = TransformerConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_len=128)
+
+SPECS = {
+    "next_token": ModalitySpec("image", 16, 1, 0, (1, 4, 4)),
+    "next_scale": ModalitySpec("image", 16, 1, 6, (1, 4, 4), ((1, 1), (2, 2), (3, 3), (4, 4))),
+    "flow_matching": ModalitySpec("image", 0, 0, 3, (1, 4, 4)),
+}
+
+
+def tiny_model(head: str, dtype=torch.float32, seed: int = 0, head_config: dict | None = None) -> MMAR:
+    torch.manual_seed(seed)
+    config = MMARConfig(TINY, [SPECS[head]], {"text": HeadChoice(), "image": HeadChoice(head, head_config or {})})
+    return MMAR(config).to(dtype).eval()
+
+
+def fake_teacher_inputs(spec: ModalitySpec, dtype=torch.float32):
+    """A deterministic stand-in for a multi-scale tokenizer's teacher_inputs: depends on every code."""
+    sizes = [h * w for h, w in spec.scales]
+
+    def teacher_inputs(codes: torch.Tensor) -> torch.Tensor:
+        done = next(k for k in range(1, len(sizes) + 1) if sum(sizes[:k]) == codes.shape[1])
+        rows = sum(sizes[1:min(done + 1, len(sizes))])
+        base = codes.to(dtype).sum(1, keepdim=True)[:, :, None]  # (B, 1, 1)
+        grid = torch.arange(rows * spec.latent_channels, dtype=dtype).view(1, rows, spec.latent_channels)
+        return torch.sin(base * 0.1 + grid * 0.01)  # (B, rows, C)
+
+    return teacher_inputs
+
+
+@pytest.fixture(params=list(SPECS))
+def head_name(request) -> str:
+    return request.param

@@ -1,0 +1,104 @@
+"""The transformer: the block-id mask, the KV cache, rotary positions."""
+
+import torch
+
+from mmar.transformer import PAD_BLOCK, Transformer, TransformerConfig, block_mask
+
+CONFIG = TransformerConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_len=64)
+
+
+def _inputs(batch=2, length=10, seed=0, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, CONFIG.dim, generator=generator, dtype=dtype)
+    positions = torch.arange(length, dtype=dtype)[None, :, None].expand(batch, length, 3).clone()
+    block = torch.arange(length).expand(batch, length).clone()
+    return x, positions, block
+
+
+def test_block_ids_of_own_blocks_give_the_causal_mask():
+    block = torch.arange(6).expand(2, 6)
+    mask = block_mask(block, block, torch.arange(6))[:, 0]
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    assert torch.equal(mask, causal.expand(2, 6, 6))
+
+
+def test_padding_is_invisible_and_sees_only_itself():
+    block = torch.tensor([[PAD_BLOCK, PAD_BLOCK, 2, 3]])
+    mask = block_mask(block, block, torch.arange(4))[0, 0]
+    assert not mask[2:, :2].any()  # real queries never see padding
+    assert torch.equal(mask[0], torch.tensor([True, False, False, False]))
+    assert torch.equal(mask[1], torch.tensor([False, True, False, False]))
+
+
+def test_one_block_per_scale_gives_full_attention_within_a_scale():
+    block = torch.tensor([[0, 1, 1, 1, 1, 5, 5]])
+    mask = block_mask(block, block, torch.arange(7))[0, 0]
+    assert mask[1:5, 1:5].all() and not mask[1:5, 5:].any() and mask[5:, :].all()
+
+
+def test_block_mask_matches_sdpa_is_causal():
+    torch.manual_seed(0)
+    model = Transformer(CONFIG).double().eval()
+    x, positions, block = _inputs()
+    masked = model(x, torch.arange(10), positions, block)
+    # Reference: same network with is_causal attention (the fast path the mask must equal).
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def causal_sdpa(q, k, v, attn_mask=None, **kwargs):
+        return original(q, k, v, is_causal=True, **kwargs)
+
+    F.scaled_dot_product_attention = causal_sdpa
+    try:
+        reference = model(x, torch.arange(10), positions, block)
+    finally:
+        F.scaled_dot_product_attention = original
+    torch.testing.assert_close(masked, reference)
+
+
+def test_cached_decode_equals_full_forward():
+    torch.manual_seed(0)
+    model = Transformer(CONFIG).double().eval()
+    x, positions, block = _inputs()
+    full = model(x, torch.arange(10), positions, block)
+    model.setup_caches(2, 16)
+    prefix = model(x[:, :6], torch.arange(6), positions[:, :6], block[:, :6])
+    steps = [model(x[:, i:i + 1], torch.tensor([i]), positions[:, i:i + 1], block[:, i:i + 1]) for i in range(6, 10)]
+    model.clear_caches()
+    torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_left_padding_changes_nothing():
+    torch.manual_seed(0)
+    model = Transformer(CONFIG).double().eval()
+    x, positions, block = _inputs(batch=1)
+    plain = model(x, torch.arange(10), positions, block)
+    padded_x = torch.cat([torch.randn(1, 3, CONFIG.dim, dtype=torch.float64), x], dim=1)
+    padded_positions = torch.cat([torch.zeros(1, 3, 3, dtype=torch.float64), positions], dim=1)
+    padded_block = torch.cat([torch.full((1, 3), PAD_BLOCK), block + 3], dim=1)
+    padded = model(padded_x, torch.arange(13), padded_positions, padded_block)
+    torch.testing.assert_close(padded[:, 3:], plain)
+    assert torch.isfinite(padded).all()
+
+
+def test_positions_matter_through_every_axis():
+    torch.manual_seed(0)
+    model = Transformer(CONFIG).double().eval()
+    x, positions, block = _inputs(batch=1)
+    base = model(x, torch.arange(10), positions, block)
+    for axis in range(3):
+        moved = positions.clone()
+        moved[0, 5:, axis] += 1  # keys from position 5 on shift along one axis only
+        assert not torch.allclose(model(x, torch.arange(10), moved, block)[0, 6:], base[0, 6:])
+
+
+def test_too_long_sequence_is_a_clear_error():
+    model = Transformer(CONFIG)
+    x, positions, block = _inputs(batch=1, length=65)
+    try:
+        model(x.float(), torch.arange(65), positions.float(), block)
+    except ValueError as error:
+        assert "max_len" in str(error)
+    else:
+        raise AssertionError("expected a ValueError")

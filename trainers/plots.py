@@ -1,0 +1,30 @@
+"""Training curves as a PNG (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainers.common import read_metrics
+
+
+def plot_curves(runs: dict[str, Path], path: Path) -> None:
+    """One panel per run: every `loss/*` (or `loss`/`mse`) series of its metrics.jsonl against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
+    for axis, (title, metrics_path) in zip(axes[0], runs.items()):
+        records = read_metrics(metrics_path)
+        keys = [k for k in (records[0] if records else {}) if k.startswith("loss") or k in ("mse", "reconstruction")]
+        for key in keys:
+            axis.plot([r["step"] for r in records], [r[key] for r in records], label=key)
+        axis.set(title=title, xlabel="step", yscale="log")
+        axis.grid(alpha=0.3)
+        if keys:
+            axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
