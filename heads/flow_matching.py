@@ -76,7 +76,9 @@ def heun_step(velocity_fn: VelocityFn, x: torch.Tensor, sigma: float, sigma_next
     return x + (sigma_next - sigma) * 0.5 * (velocity + velocity_next)  # (N, C)
 
 
-def integrate(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, sampler: str = "euler") -> torch.Tensor:
+def integrate(
+    velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, sampler: str = "euler"
+) -> torch.Tensor:
     """Solve the flow ODE along `sigmas` (S+1,), decreasing, from x = noise (N, C) -> x at sigmas[-1] (N, C)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known: {SAMPLERS}")
@@ -89,20 +91,25 @@ def integrate(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor
 
 
 def logit_normal_sigmas(num: int, mean: float, std: float, *, generator: torch.Generator | None = None,
-                        device: torch.device | str | None = None) -> torch.Tensor:
-    """SD3's logit-normal timesteps: sigmoid(mean + std * n), n ~ N(0, 1) -> (num,) float32 in (0, 1)."""
-    normal = torch.randn(num, generator=generator, device=device)  # (num,)
+                        device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """SD3's logit-normal timesteps: sigmoid(mean + std * n), n ~ N(0, 1) -> (num,) in (0, 1)."""
+    normal = torch.randn(num, generator=generator, device=device, dtype=dtype)  # (num,)
     return torch.sigmoid(mean + std * normal)  # (num,)
+
+
+def state_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """Dtype for ODE states, noise and losses: float32, or float64 when the input is float64."""
+    return torch.promote_types(tensor.dtype, torch.float32)
 
 
 # --- the velocity network (MAR's SimpleMLPAdaLN, written afresh) --------------------------------
 def timestep_embedding(sigma: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding of sigma (N,) in [0, 1] (scaled to 0..1000 like diffusers' timesteps) -> (N, dim)."""
-    half = dim // 2
+    half, dtype = dim // 2, state_dtype(sigma)
     frequencies = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=sigma.device) / half
+        -math.log(max_period) * torch.arange(half, dtype=dtype, device=sigma.device) / half
     )  # (dim/2,)
-    angles = (sigma.float() * 1000.0)[:, None] * frequencies[None]  # (N, dim/2)
+    angles = (sigma.to(dtype) * 1000.0)[:, None] * frequencies[None]  # (N, dim/2)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (N, dim)
 
 
@@ -129,8 +136,9 @@ class ResidualBlock(nn.Module):
 class VelocityNet(nn.Module):
     """v(x_sigma, sigma, hidden): input projection, `num_layers` adaLN residual blocks, adaLN output layer.
 
-    The condition of every block is embed(sigma) + project(hidden). Modulations and the output layer
-    start at zero (DiT / MAR), so the untrained net predicts v = 0 and each block starts as identity.
+    The condition of every block is embed(sigma) + project(hidden). The blocks' modulations start at
+    zero (adaLN-Zero, DiT / MAR), so each block starts as the identity; the output layer starts small,
+    so the untrained net predicts v ~ 0.
     """
 
     def __init__(self, channels: int, dim: int, width: int, num_layers: int, frequency_dim: int = 256) -> None:
@@ -155,10 +163,10 @@ class VelocityNet(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.modulation[-1].weight)
             nn.init.zeros_(block.modulation[-1].bias)
-        nn.init.zeros_(self.final_modulation[-1].weight)
-        nn.init.zeros_(self.final_modulation[-1].bias)
-        nn.init.zeros_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
+        # Unlike DiT / MAR the output layer is not zeroed: a zero layer would block the gradient to
+        # `hidden` at step 0, and the transformer must learn from the first step. A small init keeps
+        # the initial velocity near 0 all the same.
+        nn.init.normal_(self.output_proj.weight, std=0.02)
 
     def embed_condition(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (N, D) -> (N, W); computed once per sample and reused at every ODE step."""
@@ -214,8 +222,8 @@ class FlowMatchingHead(Head):
         return (self.spec.latent_channels,)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Predicted velocity: x (N, C), sigma (N,), hidden (N, D) -> (N, C) float32."""
-        return self.net(x, sigma, self.net.embed_condition(hidden)).float()  # (N, C)
+        """Predicted velocity: x (N, C), sigma (N,), hidden (N, D) -> (N, C) in x's dtype."""
+        return self.net(x, sigma, self.net.embed_condition(hidden)).to(x.dtype)  # (N, C)
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None) -> HeadOutput:
         """hidden (N, D), target (N, C) float -> HeadOutput(sum of per-target velocity MSE, N, metrics).
@@ -223,12 +231,13 @@ class FlowMatchingHead(Head):
         Timesteps and noise come from `generator` when given (resume-exact training), else the global RNG.
         """
         num_targets, repeats = target.shape[0], self.config.num_repeats
-        x0 = repeat(target.float(), "n c -> (r n) c", r=repeats)  # (R*N, C)
+        x0 = repeat(target.to(state_dtype(hidden)), "n c -> (r n) c", r=repeats)  # (R*N, C)
         condition = repeat(hidden, "n d -> (r n) d", r=repeats)  # (R*N, D)
         sigma = logit_normal_sigmas(
-            x0.shape[0], self.config.timestep_mean, self.config.timestep_std, generator=generator, device=x0.device
+            x0.shape[0], self.config.timestep_mean, self.config.timestep_std,
+            generator=generator, device=x0.device, dtype=x0.dtype,
         )  # (R*N,)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)  # (R*N, C)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # (R*N, C)
         x_sigma = (1 - sigma[:, None]) * x0 + sigma[:, None] * noise  # (R*N, C)
         predicted = self.velocity(x_sigma, sigma, condition)  # (R*N, C)
         error = (predicted - (noise - x0)).pow(2).mean(dim=-1)  # (R*N,)
@@ -252,7 +261,9 @@ class FlowMatchingHead(Head):
         shift: float | None = None,
         **options,
     ) -> torch.Tensor:
-        """hidden (N, D), or (2N, D) with guidance (rows [:N] conditional) -> latents (N, C) float32.
+        """hidden (N, D), or (2N, D) with guidance (rows [:N] conditional) -> latents (N, C).
+
+        The ODE runs (and the result comes back) in float32, or in float64 when `hidden` is float64.
 
         `temperature` scales the starting noise (0 gives the deterministic flow from x = 0).
         `num_steps`, `sampler` ("euler" | "heun") and `shift` override the config for this call.
@@ -272,14 +283,14 @@ class FlowMatchingHead(Head):
 
         def velocity_fn(x: torch.Tensor, sigma: float) -> torch.Tensor:
             inputs = x if unconditional is None else torch.cat([x, x], dim=0)  # (2N or N, C): shared noise
-            sigma_rows = torch.full((inputs.shape[0],), sigma, device=x.device)  # (2N or N,)
-            velocity = self.net(inputs, sigma_rows, condition).float()  # (2N or N, C)
+            sigma_rows = torch.full((inputs.shape[0],), sigma, device=x.device, dtype=x.dtype)  # (2N or N,)
+            velocity = self.net(inputs, sigma_rows, condition).to(x.dtype)  # (2N or N, C)
             if unconditional is None:
                 return velocity
             velocity_conditional, velocity_unconditional = velocity.chunk(2, dim=0)  # (N, C) each
             return mix_guidance(velocity_conditional, velocity_unconditional, guidance_scale)  # (N, C)
 
         noise = torch.randn(
-            (num_rows, self.spec.latent_channels), generator=generator, device=hidden.device
+            (num_rows, self.spec.latent_channels), generator=generator, device=hidden.device, dtype=state_dtype(hidden)
         )  # (N, C)
         return integrate(velocity_fn, noise * temperature, sigmas, sampler or self.config.sampler)  # (N, C)

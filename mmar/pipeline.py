@@ -117,9 +117,10 @@ class Pipeline:
         for prompt in prompts:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError("the prompt is empty; describe what to generate, e.g. 'a red circle at the top left'")
+            size = len(prompt.encode("utf-8", errors="surrogateescape"))
+            if size > budget:
+                raise ValueError(f"the prompt is {size} bytes; this model's context leaves room for {budget}")
             codes = self.tokenizers["text"].encode(prompt)  # (n,)
-            if len(codes) > budget:
-                raise ValueError(f"the prompt is {len(codes)} bytes; this model's context leaves room for {budget}")
             encoded.append(codes)
         return encoded
 

@@ -43,3 +43,20 @@ def fake_teacher_inputs(spec: ModalitySpec, dtype=torch.float32):
 @pytest.fixture(params=list(SPECS))
 def head_name(request) -> str:
     return request.param
+
+
+IMAGE_TOKENIZER = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow_matching": "image_kl"}
+
+
+def tiny_pipeline(head: str, seed: int = 0):
+    """A random-weight pipeline with the real tokenizer class for `head` (default configs, 32x32)."""
+    from mmar.pipeline import Pipeline, modality_spec
+    from tokenizers_vq import TOKENIZERS
+
+    torch.manual_seed(seed)
+    name = IMAGE_TOKENIZER[head]
+    tokenizer = TOKENIZERS[name](TOKENIZERS[name].Config()).eval()
+    spec = modality_spec("image", tokenizer, (3, 32, 32))
+    config = MMARConfig(TINY, [spec], {"text": HeadChoice(), "image": HeadChoice(head)})
+    text = TOKENIZERS["text"](TOKENIZERS["text"].Config())
+    return Pipeline(MMAR(config).eval(), {"text": text, "image": tokenizer})

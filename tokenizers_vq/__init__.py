@@ -6,10 +6,14 @@ test in tests/test_tokenizer_contract.py then covers it.
 
 from tokenizers_vq.base import Tokenizer, TokenizerLoss, load_tokenizer
 from tokenizers_vq.image_kl import ImageKL
+from tokenizers_vq.image_vq import ImageVQ
+from tokenizers_vq.multiscale_vq import MultiscaleVQ
 from tokenizers_vq.text import Text
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {
     "image_kl": ImageKL,
+    "image_vq": ImageVQ,
+    "multiscale_vq": MultiscaleVQ,
     "text": Text,
 }
 

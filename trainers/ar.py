@@ -31,7 +31,8 @@ from mmar.transformer import TransformerConfig
 from tokenizers_vq import TOKENIZERS, load_tokenizer
 from trainers.checkpoint import load_latest, save_checkpoint
 from trainers.common import (EMA, DataConfig, DataOrder, MetricsLog, NonFiniteGuard, OptimConfig, RunConfig,
-                             learning_rate, make_accelerator, make_optimizer, rank_slice, seeded_generator)
+                             learning_rate, make_accelerator, make_optimizer, rank_slice, record_ranks,
+                             seeded_generator)
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
     bar = tqdm(range(start, config.optim.steps), initial=start, total=config.optim.steps, desc=f"train {config.head}",
                disable=not (main and config.run.progress))
     tic, tokens_seen = time.perf_counter(), 0
+    done = start
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.optim)
@@ -167,7 +169,12 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
                 save_checkpoint(out / "checkpoints", done, model=raw.state_dict(), ema=ema.shadow,
                                 optimizer=optimizer.state_dict(), trainer={"data_order": order.state_dict()},
                                 keep=config.run.keep_checkpoints)
+        if config.run.stop_at is not None and done >= config.run.stop_at:
+            break
     accelerator.wait_for_everyone()
+    record_ranks(accelerator, raw, out / "ranks.json")
+    if config.run.stop_at is not None and done < config.optim.steps:
+        return out / "checkpoints"
     export = out / "pipeline"
     if main:
         ema_pipeline(config, tokenizer, ema, "cpu").save_pretrained(export)

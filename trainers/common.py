@@ -174,6 +174,7 @@ class RunConfig:
     seed: int = 0
     cpu: bool = False  # force CPU even when CUDA is available
     progress: bool = True
+    stop_at: int | None = None  # end this invocation after this step (the schedule still spans optim.steps)
 
 
 def make_accelerator(run: RunConfig):
@@ -189,6 +190,26 @@ def make_accelerator(run: RunConfig):
         raise RuntimeError(f"launched {expected} processes but accelerate sees {accelerator.num_processes}; "
                            "on CPU use `torchrun --nproc_per_node N` (see README)")
     return accelerator
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes: equal digests mean bitwise-equal weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def record_ranks(accelerator, module: torch.nn.Module, path: Path) -> None:
+    """Write {num_processes, digest per rank} so a run can prove its ranks ended identical."""
+    from accelerate.utils import gather_object
+
+    digests = gather_object([weights_digest(module)])
+    if accelerator.is_main_process:
+        path.write_text(json.dumps({"num_processes": accelerator.num_processes, "weights_sha256": digests}, indent=2) + "\n")
 
 
 def rank_slice(indices: list[int], rank: int, world: int, grad_accum: int) -> list[list[int]]:

@@ -35,7 +35,7 @@ def quickstart_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
         data=DataConfig(source="shapes", size=32, num_items=20_000, seed=0),
         model=TransformerConfig(dim=192, num_layers=4, num_heads=6, num_kv_heads=2, max_len=160),
         head=head,
-        optim=OptimConfig(steps=1500, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_beta=0.995),
+        optim=OptimConfig(steps=700, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_beta=0.995),
         run=RunConfig(log_every=10, sample_every=500, checkpoint_every=500),
     )
 

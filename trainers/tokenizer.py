@@ -24,7 +24,8 @@ from mmar.images import save_atomic
 from tokenizers_vq import TOKENIZERS
 from trainers.checkpoint import load_latest, save_checkpoint
 from trainers.common import (EMA, DataConfig, DataOrder, MetricsLog, NonFiniteGuard, OptimConfig, RunConfig,
-                             learning_rate, make_accelerator, make_optimizer, rank_slice, seeded_generator)
+                             learning_rate, make_accelerator, make_optimizer, rank_slice, record_ranks,
+                             seeded_generator)
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def build_tokenizer(config: TokenizerTrainConfig):
 def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
     """Train, then write `<out>/tokenizer/` (EMA weights) and `<out>/report.json`. Returns the tokenizer folder."""
     accelerator = make_accelerator(config.run)
-    out, main, device = Path(config.out), accelerator.is_main_process, device
+    out, main, device = Path(config.out), accelerator.is_main_process, accelerator.device
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_json(config, out / "config.json")
@@ -77,6 +78,7 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
     bar = tqdm(range(start, config.optim.steps), initial=start, total=config.optim.steps, desc="tokenizer",
                disable=not (main and config.run.progress))
     tic = time.perf_counter()
+    done = start
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.optim)
@@ -109,7 +111,12 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
                 save_checkpoint(out / "checkpoints", done, model=raw.state_dict(), ema=ema.shadow,
                                 optimizer=optimizer.state_dict(), trainer={"data_order": order.state_dict()},
                                 keep=config.run.keep_checkpoints)
+        if config.run.stop_at is not None and done >= config.run.stop_at:
+            break
     accelerator.wait_for_everyone()
+    record_ranks(accelerator, raw, out / "ranks.json")
+    if config.run.stop_at is not None and done < config.optim.steps:
+        return out / "checkpoints"
     export = out / "tokenizer"
     if main:
         final = build_tokenizer(config).to(device)

@@ -1,0 +1,84 @@
+"""The `mmar` command: bad input is one line and exit code 2; generation is reproducible."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import tiny_pipeline
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "mmar.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "pipeline"
+    tiny_pipeline("next_token").save_pretrained(path)
+    return path
+
+
+def _assert_one_line_error(result, needle):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+def test_generate_writes_a_grid_and_files_reproducibly(model_dir, tmp_path):
+    args = ["generate", "--model", str(model_dir), "--prompt", "a red circle at the top left", "--num", "2", "--seed", "0",
+            "--cfg", "3", "--temperature", "0.9", "--top-k", "8", "--top-p", "0.9"]
+    first = run(*args, "--out", str(tmp_path / "a.png"))
+    assert first.returncode == 0, first.stderr
+    again = run(*args, "--out", str(tmp_path / "b.png"))
+    assert Image.open(tmp_path / "a.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
+    folder = run(*args, "--out", str(tmp_path / "each"))
+    assert folder.returncode == 0 and sorted(p.name for p in (tmp_path / "each").iterdir()) == ["000.png", "001.png"]
+    assert Image.open(tmp_path / "each" / "000.png").size == (32, 32)
+    assert again.returncode == 0
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--num", "0"], "--num must be at least 1"),
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "0"], "top_p"),
+])
+def test_bad_sampling_arguments(model_dir, tmp_path, extra, needle):
+    result = run("generate", "--model", str(model_dir), "--prompt", "a red circle", *extra, "--out", str(tmp_path / "x.png"))
+    _assert_one_line_error(result, needle)
+
+
+def test_bad_prompts(model_dir, tmp_path):
+    out = str(tmp_path / "x.png")
+    _assert_one_line_error(run("generate", "--model", str(model_dir), "--prompt", "  ", "--out", out), "empty")
+    _assert_one_line_error(run("generate", "--model", str(model_dir), "--prompt", "x" * 500, "--out", out), "context")
+
+
+def test_undecodable_prompt_bytes(model_dir, tmp_path):
+    result = subprocess.run([sys.executable.encode(), b"-m", b"mmar.cli", b"generate", b"--model", str(model_dir).encode(),
+                             b"--prompt", b"a red \xff circle", b"--out", str(tmp_path / "x.png").encode()],
+                            capture_output=True, text=True, timeout=300)
+    _assert_one_line_error(result, "valid Unicode")
+
+
+def test_missing_and_incomplete_model(tmp_path):
+    _assert_one_line_error(run("generate", "--model", str(tmp_path / "none"), "--prompt", "a"), "no pipeline folder")
+    (tmp_path / "half").mkdir()
+    _assert_one_line_error(run("generate", "--model", str(tmp_path / "half"), "--prompt", "a"), "pipeline.json")
+
+
+@pytest.mark.parametrize("item, needle", [("optim.stepz=1", "unknown config key"), ("optim.steps=x", "expects int")])
+def test_bad_overrides(tmp_path, item, needle):
+    result = run("train", "--tokenizer", str(tmp_path), "--out", str(tmp_path / "o"), "--set", item)
+    _assert_one_line_error(result, needle)
+
+
+def test_help_answers_without_the_training_stack():
+    result = run("generate", "--help")
+    assert result.returncode == 0 and "--cfg" in result.stdout and "--top-p" in result.stdout
+    probe = subprocess.run([sys.executable, "-c", "import sys, mmar.cli; mmar.cli.build_parser(); "
+                            "print(any(m.startswith(('accelerate', 'trainers', 'gradio', 'diffusers')) for m in sys.modules))"],
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "False"

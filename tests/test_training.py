@@ -1,0 +1,121 @@
+"""Training: exact resume, two CPU ranks ending identical, crash-safe checkpoints, the non-finite guard."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tokenizers_vq import TOKENIZERS
+from trainers.ar import train_ar
+from trainers.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from trainers.common import NonFiniteGuard, RunConfig
+from trainers.recipes import tiny_ar, tiny_tokenizer
+from trainers.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok") / "tokenizer"
+    torch.manual_seed(0)
+    TOKENIZERS["image_vq"](TOKENIZERS["image_vq"].Config(base_channels=16)).save_pretrained(path)
+    return path
+
+
+def _config(out, tokenizer_dir, steps=6, **run):
+    config = tiny_ar("next_token", str(out), str(tokenizer_dir))
+    config.data = dataclasses.replace(config.data, num_items=64)
+    config.optim = dataclasses.replace(config.optim, steps=steps)
+    config.run = RunConfig(log_every=1, sample_every=0, checkpoint_every=3, progress=False, **run)
+    return config
+
+
+def _digest(out):
+    return json.loads((out / "ranks.json").read_text())["weights_sha256"][0]
+
+
+def test_resume_is_bitwise_exact(tmp_path, tokenizer_dir):
+    torch.set_num_threads(1)
+    try:
+        straight = tmp_path / "straight"
+        train_ar(_config(straight, tokenizer_dir))
+        split = tmp_path / "split"
+        assert train_ar(_config(split, tokenizer_dir, stop_at=3)) == split / "checkpoints"
+        assert [p.name for p in list_checkpoints(split / "checkpoints")] == ["step-0000003"]
+        train_ar(_config(split, tokenizer_dir), resume=True)
+    finally:
+        torch.set_num_threads(2)
+    assert _digest(straight) == _digest(split)
+    model = lambda out: (out / "pipeline" / "model" / "model.safetensors").read_bytes()  # noqa: E731  EMA export
+    assert model(straight) == model(split)
+    straight_log = [json.loads(l) for l in (straight / "metrics.jsonl").read_text().splitlines()]
+    split_log = [json.loads(l) for l in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss/image"] for r in straight_log] == [r["loss/image"] for r in split_log]
+
+
+def test_two_cpu_ranks_end_identical(tmp_path, tokenizer_dir):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "mmar.cli", "train", "--tokenizer", str(tokenizer_dir), "--out", str(out),
+               "--set", "run.cpu=true", "--set", "run.progress=false", "--set", "run.sample_every=0",
+               "--set", "optim.steps=3", "--set", "optim.batch_size=8", "--set", "optim.grad_accum=2",
+               "--set", "data.num_items=64", "--set", "model.dim=32", "--set", "model.num_layers=1",
+               "--set", "model.num_heads=4", "--set", "model.num_kv_heads=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks["num_processes"] == 2
+    assert len(ranks["weights_sha256"]) == 2 and ranks["weights_sha256"][0] == ranks["weights_sha256"][1]
+    assert (out / "pipeline" / "pipeline.json").is_file()
+
+
+def test_tokenizer_training_writes_a_report(tmp_path):
+    config = tiny_tokenizer("next_token", str(tmp_path / "tok"))
+    config.tokenizer_config = {"base_channels": 16}
+    export = train_tokenizer(config)
+    report = json.loads((tmp_path / "tok" / "report.json").read_text())
+    assert report["psnr"] > 0 and 0 < report["codebook_usage"] <= 1
+    assert (export / "config.json").is_file() and (tmp_path / "tok" / "reconstructions.png").is_file()
+
+
+def _state(value):
+    return {"model": {"w": torch.full((3,), float(value))}, "ema": {"w": torch.zeros(3)},
+            "optimizer": {"state": {0: {"step": torch.tensor(1.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+            "trainer": {"data_order": {"epoch": 0, "position": value}}}
+
+
+def test_checkpoints_prune_after_commit_and_skip_damage(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        save_checkpoint(root, step, keep=2, **_state(step))
+    assert [p.name for p in list_checkpoints(root)] == ["step-0000002", "step-0000003"]
+    (root / "step-0000003" / "model.safetensors").write_bytes(b"garbage")  # a damaged newest checkpoint
+    (root / ".tmp-step-0000004").mkdir()  # a save killed half-way
+    latest = load_latest(root)
+    assert latest["trainer"]["step"] == 2 and torch.equal(latest["model"]["w"], torch.full((3,), 2.0))
+    assert latest["optimizer"]["param_groups"][0]["lr"] == 0.1
+
+
+def test_nonfinite_steps_are_skipped_then_stop_the_run():
+    guard = NonFiniteGuard(limit=3)
+    assert guard.check(torch.tensor(1.0), 0)
+    assert not guard.check(torch.tensor(float("nan")), 1)
+    assert not guard.check(torch.tensor(float("inf")), 2)
+    assert guard.check(torch.tensor(2.0), 3)  # a finite step resets the count
+    guard.check(torch.tensor(float("nan")), 4)
+    guard.check(torch.tensor(float("nan")), 5)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        guard.check(torch.tensor(float("nan")), 6)
+
+
+def test_nan_learning_rate_stops_training_with_a_clear_error(tmp_path, tokenizer_dir):
+    config = _config(tmp_path / "nan", tokenizer_dir)
+    config.optim = dataclasses.replace(config.optim, learning_rate=float("nan"), max_nonfinite=2)
+    # a NaN learning rate poisons the weights after the first step, so the next losses are non-finite
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train_ar(config)
