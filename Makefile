@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: venv quickstart test bench clean
+.PHONY: venv system-data quickstart test bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
+# Fashion-MNIST, the real offline image set the tests read, comes from a Debian package.
+system-data:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "run: sudo apt-get install -y dataset-fashion-mnist"; exit 1; fi; }
+
 quickstart: venv
 	$(VENV)/bin/mmar quickstart --out runs/quickstart
 
-test: venv
+test: venv system-data
 	$(PY) -m pytest -q
 
 bench: venv

@@ -57,6 +57,7 @@ def tiny_pipeline(head: str, seed: int = 0):
     name = IMAGE_TOKENIZER[head]
     tokenizer = TOKENIZERS[name](TOKENIZERS[name].Config()).eval()
     spec = modality_spec("image", tokenizer, (3, 32, 32))
-    config = MMARConfig(TINY, [spec], {"text": HeadChoice(), "image": HeadChoice(head)})
+    backbone = TransformerConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_len=256)
+    config = MMARConfig(backbone, [spec], {"text": HeadChoice(), "image": HeadChoice(head)})
     text = TOKENIZERS["text"](TOKENIZERS["text"].Config())
     return Pipeline(MMAR(config).eval(), {"text": text, "image": tokenizer})

@@ -8,9 +8,9 @@ from trainers.tokenizer import TokenizerTrainConfig
 
 
 def test_overrides_are_typed_and_nested():
-    config = apply_overrides(ARTrainConfig(), ["optim.steps=7", "model.dim=64", "optim.learning_rate=1e-3",
+    config = apply_overrides(ARTrainConfig(), ["optim.steps=7", "model.dim=96", "optim.learning_rate=1e-3",
                                                "run.cpu=true", "data.path=/tmp/x", "sample_prompts=[\"a\", \"b\"]"])
-    assert config.optim.steps == 7 and config.model.dim == 64 and config.optim.learning_rate == 1e-3
+    assert config.optim.steps == 7 and config.model.dim == 96 and config.optim.learning_rate == 1e-3
     assert config.run.cpu is True and config.data.path == "/tmp/x" and config.sample_prompts == ("a", "b")
     assert ARTrainConfig().optim.steps != 7  # the default is untouched
 

@@ -62,7 +62,7 @@ def test_prompt_validation():
     with pytest.raises(ValueError, match="empty"):
         pipeline("   ")
     with pytest.raises(ValueError, match="context"):
-        pipeline("x" * 100)  # max_len 128 leaves 128 - 64 - 3 = 61 bytes
+        pipeline("x" * 200)  # max_len 256 leaves 256 - 64 - 3 = 189 bytes
     with pytest.raises(ValueError, match="valid Unicode"):
         pipeline("bad \udcff byte")
     with pytest.raises(ValueError, match="at least 1"):

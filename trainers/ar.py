@@ -91,6 +91,7 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
     data = TokenizedDataset(out / "tokens")
     caption_bytes = [text.encode(c) for c in data.captions]
 
+    torch.manual_seed(config.run.seed)  # the initial weights; training randomness comes from seeded generators
     model = MMAR(model_config(config, tokenizer))
     spec = model.layout.modalities["image"]
     needed = 3 + max(len(c) for c in caption_bytes) + spec.num_tokens + 1

@@ -60,6 +60,7 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
     source = make_source(config.data.source, size=config.data.size, num_items=config.data.num_items,
                          seed=config.data.seed, path=config.data.path)
     num_train = len(source) - min(config.eval_items, len(source) // 5)
+    torch.manual_seed(config.run.seed)  # the initial weights; training randomness comes from seeded generators
     tokenizer = build_tokenizer(config)
     optimizer = make_optimizer(tokenizer, config.optim)
     tokenizer, optimizer = accelerator.prepare(tokenizer, optimizer)
