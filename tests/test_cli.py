@@ -82,3 +82,12 @@ def test_help_answers_without_the_training_stack():
                             "print(any(m.startswith(('accelerate', 'trainers', 'gradio', 'diffusers')) for m in sys.modules))"],
                            capture_output=True, text=True)
     assert probe.stdout.strip() == "False"
+
+
+def test_demo_script_writes_a_grid(model_dir, tmp_path):
+    from demos.text_to_image import main
+
+    out = tmp_path / "demo.png"
+    assert main(["--model", str(model_dir), "--num", "2", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 32
+    assert main(["--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
