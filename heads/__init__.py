@@ -5,12 +5,12 @@ tests/test_head_contract.py then covers it.
 """
 
 from heads.base import IGNORE_INDEX, Head, HeadOutput, HeadSpec
-from heads.flow_matching import FlowMatchingHead
+from heads.flow_matching import FlowMatching
 from heads.next_scale import NextScale
 from heads.next_token import NextToken
 
 HEADS: dict[str, type[Head]] = {
-    "flow_matching": FlowMatchingHead,
+    "flow_matching": FlowMatching,
     "next_token": NextToken,
     "next_scale": NextScale,
 }

@@ -196,7 +196,7 @@ class FlowMatchingConfig:
     shift: float = 1.0  # sampling-schedule shift (SD3); 1 = uniform in sigma
 
 
-class FlowMatchingHead(Head):
+class FlowMatching(Head):
     """Per-position flow matching over continuous latents (MAR / NextStep-1).
 
     `loss(hidden (N, D), target (N, C))` is the mean-squared velocity error per target, averaged over

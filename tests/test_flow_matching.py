@@ -19,7 +19,7 @@ import torch
 from heads import HEADS, HeadSpec
 from heads.flow_matching import (
     FlowMatchingConfig,
-    FlowMatchingHead,
+    FlowMatching,
     euler_step,
     heun_step,
     integrate,
@@ -113,14 +113,14 @@ def test_euler_matches_diffusers_flow_match_scheduler(shift):
         assert torch.allclose(x_diffusers, x_ours, atol=1e-5), f"trajectories differ at step {index}"
 
 
-def tiny_head(latent_channels: int = 2, dim: int = 8, **config) -> FlowMatchingHead:
+def tiny_head(latent_channels: int = 2, dim: int = 8, **config) -> FlowMatching:
     torch.manual_seed(0)
     settings = {"width": 64, "num_layers": 2, **config}
-    return FlowMatchingHead(FlowMatchingConfig(**settings), HeadSpec(dim=dim, latent_channels=latent_channels))
+    return FlowMatching(FlowMatchingConfig(**settings), HeadSpec(dim=dim, latent_channels=latent_channels))
 
 
 def test_head_contract_basics():
-    assert HEADS["flow_matching"] is FlowMatchingHead
+    assert HEADS["flow_matching"] is FlowMatching
     head = tiny_head()
     assert head.target_shape == (2,) and head.target_dtype == torch.float
     hidden, target = torch.randn(5, 8), torch.randn(5, 2)  # (N, D), (N, C)
