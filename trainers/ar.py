@@ -32,7 +32,7 @@ from tokenizers_vq import TOKENIZERS, load_tokenizer
 from trainers.checkpoint import load_latest, save_checkpoint
 from trainers.common import (EMA, DataConfig, DataOrder, MetricsLog, NonFiniteGuard, OptimConfig, RunConfig,
                              learning_rate, make_accelerator, make_optimizer, rank_slice, record_ranks,
-                             seeded_generator)
+                             restore, seeded_generator)
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +104,7 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
     order = DataOrder(len(data), config.run.seed)
     start = 0
     if resume and (state := load_latest(out / "checkpoints")):
-        raw.load_state_dict(state["model"])
-        ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
-        optimizer.load_state_dict(state["optimizer"])
-        order.load_state_dict(state["trainer"]["data_order"])
-        start = state["trainer"]["step"]
+        start = restore(state, raw, ema, optimizer, order, device)
         logger.info("resumed from %s at step %d", state["path"], start)
     weights = {"text": config.text_loss_weight, "image": 1.0}
     log, guard = MetricsLog(out / "metrics.jsonl", main), NonFiniteGuard(config.optim.max_nonfinite)

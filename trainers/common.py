@@ -212,6 +212,15 @@ def record_ranks(accelerator, module: torch.nn.Module, path: Path) -> None:
         path.write_text(json.dumps({"num_processes": accelerator.num_processes, "weights_sha256": digests}, indent=2) + "\n")
 
 
+def restore(state: dict[str, Any], model: nn.Module, ema: EMA, optimizer, order: DataOrder, device) -> int:
+    """Load a checkpoint from `trainers.checkpoint.load_latest` into the run; returns the step to continue from."""
+    model.load_state_dict(state["model"])
+    ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
+    optimizer.load_state_dict(state["optimizer"])
+    order.load_state_dict(state["trainer"]["data_order"])
+    return int(state["trainer"]["step"])
+
+
 def rank_slice(indices: list[int], rank: int, world: int, grad_accum: int) -> list[list[int]]:
     """This rank's share of a global batch, split into `grad_accum` micro-batches."""
     mine = indices[rank::world]

@@ -25,7 +25,7 @@ from tokenizers_vq import TOKENIZERS
 from trainers.checkpoint import load_latest, save_checkpoint
 from trainers.common import (EMA, DataConfig, DataOrder, MetricsLog, NonFiniteGuard, OptimConfig, RunConfig,
                              learning_rate, make_accelerator, make_optimizer, rank_slice, record_ranks,
-                             seeded_generator)
+                             restore, seeded_generator)
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +69,7 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
     order = DataOrder(num_train, config.run.seed)
     start = 0
     if resume and (state := load_latest(out / "checkpoints")):
-        raw.load_state_dict(state["model"])
-        ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
-        optimizer.load_state_dict(state["optimizer"])
-        order.load_state_dict(state["trainer"]["data_order"])
-        start = state["trainer"]["step"]
+        start = restore(state, raw, ema, optimizer, order, device)
         logger.info("resumed from %s at step %d", state["path"], start)
     log, guard = MetricsLog(out / "metrics.jsonl", main), NonFiniteGuard(config.optim.max_nonfinite)
     bar = tqdm(range(start, config.optim.steps), initial=start, total=config.optim.steps, desc="tokenizer",
