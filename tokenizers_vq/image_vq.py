@@ -25,8 +25,8 @@ from tokenizers_vq.vector_quantizer import VectorQuantizer
 class ImageVQConfig:
     image_size: int = 32  # side of the training images (encode accepts any multiple of the factor)
     channels: int = 3
-    base_channels: int = 32
-    channel_multipliers: tuple[int, ...] = (1, 2, 2)  # one per level: len == num_downsamples + 1
+    base_channels: int = 16  # level widths 16, 32, 64: ~0.17 s per batch of 64 on 2 CPU cores
+    channel_multipliers: tuple[int, ...] = (1, 2, 4)  # one per level: len == num_downsamples + 1
     num_res_blocks: int = 1  # per level, in encoder and decoder
     num_downsamples: int = 2  # tokens are 2**num_downsamples pixels apart: 32x32 -> 8x8
     quantizer: str = "vq"  # "vq" (learned codebook) | "fsq" (finite scalar quantization)

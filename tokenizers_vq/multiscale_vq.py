@@ -32,8 +32,8 @@ from tokenizers_vq.vector_quantizer import VectorQuantizer, usage_statistics
 class MultiscaleVQConfig:
     image_size: int = 32  # the tokenizer works at this size only (the scales are fixed)
     channels: int = 3
-    base_channels: int = 32
-    channel_multipliers: tuple[int, ...] = (1, 2, 2)  # one per level: len == num_downsamples + 1
+    base_channels: int = 16  # level widths 16, 32, 64: ~0.17 s per batch of 64 on 2 CPU cores
+    channel_multipliers: tuple[int, ...] = (1, 2, 4)  # one per level: len == num_downsamples + 1
     num_res_blocks: int = 1
     num_downsamples: int = 2  # latent grid = image_size / 2**num_downsamples = 8
     scales: tuple[int, ...] = (1, 2, 3, 4, 6, 8)  # k x k token maps; first 1, last the latent grid
