@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--top-k", type=int, default=0, help="0 keeps all codes")
     gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--steps", type=int, default=None, help="ODE steps (flow_matching head only)")
+    gen.add_argument("--steps", type=_positive_int, default=None, help="ODE steps (flow_matching head only)")
     gen.add_argument("--out", default="out.png", help="grid file (*.png) or a folder for one file per sample")
     gen.add_argument("--device", default="cpu")
 
@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-prompts", type=_positive_int, default=64)
     evaluate.add_argument("--per-prompt", type=_positive_int, default=4)
     evaluate.add_argument("--cfg", type=float, default=3.0)
-    evaluate.add_argument("--steps", type=int, default=None, help="ODE steps (flow_matching head only)")
+    evaluate.add_argument("--steps", type=_positive_int, nargs="+", default=None, metavar="N",
+                          help="ODE steps (flow_matching head only); several values sweep them, e.g. --steps 1 2 4 8 16")
     evaluate.add_argument("--out", default=None, help="write the report JSON here")
+    evaluate.add_argument("--plot", default=None, help="with several --steps: write accuracy vs steps as a PNG here")
 
     bench = commands.add_parser("bench", help="measure generation and training speed (tokens/s, images/s)")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
@@ -151,10 +153,6 @@ def _train(args) -> int:
     return 0
 
 
-def _sampling_options(args) -> dict:
-    return {} if args.steps is None else {"num_steps": args.steps}
-
-
 def _generate(args) -> int:
     if args.num < 1:
         raise UsageError(f"--num must be at least 1, got {args.num}")
@@ -166,7 +164,8 @@ def _generate(args) -> int:
     pipeline = Pipeline.from_pretrained(args.model, device=args.device)
     images = pipeline(args.prompt, num_images_per_prompt=args.num, guidance_scale=args.cfg,
                       guidance_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, seed=args.seed, **_sampling_options(args))
+                      top_p=args.top_p, seed=args.seed,
+                      **({} if args.steps is None else {"num_steps": args.steps}))
     captions = [p for p in args.prompt for _ in range(args.num)]
     out = Path(args.out)
     if out.suffix.lower() == ".png":
@@ -187,10 +186,26 @@ def _eval(args) -> int:
     from trainers.quickstart import evaluate
 
     pipeline = Pipeline.from_pretrained(args.model)
-    scores = evaluate(pipeline, args.num_prompts, args.per_prompt, guidance_scale=args.cfg, **_sampling_options(args))
-    print(report_markdown(scores, f"prompt-following of {args.model} ({pipeline.head})"))
+    sweep = args.steps or [None]
+    if len(sweep) > 1 and pipeline.head != "flow_matching":
+        raise UsageError(f"--steps sweeps ODE steps of a flow_matching pipeline; {args.model} uses {pipeline.head}")
+    if args.plot and len(sweep) < 2:
+        raise UsageError("--plot draws accuracy against several --steps values: pass at least two")
+    results = {}
+    for steps in sweep:
+        options = {} if steps is None else {"num_steps": steps}
+        scores = evaluate(pipeline, args.num_prompts, args.per_prompt, guidance_scale=args.cfg, **options)
+        title = f"prompt-following of {args.model} ({pipeline.head}" + (f", {steps} steps)" if steps else ")")
+        print(report_markdown(scores, title) + "\n")
+        results[steps] = scores
+    if args.plot:
+        from trainers.plots import plot_accuracy_vs_steps
+
+        plot_accuracy_vs_steps(results, Path(args.plot), title=f"{pipeline.head}, CFG {args.cfg:g}")
+        print(f"wrote {args.plot}")
     if args.out:
-        Path(args.out).write_text(json.dumps(scores, indent=2) + "\n")
+        report = results[sweep[0]] if len(sweep) == 1 else {"by_steps": {str(k): v for k, v in results.items()}}
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

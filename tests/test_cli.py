@@ -1,5 +1,6 @@
 """The `mmar` command: bad input is one line and exit code 2; generation is reproducible."""
 
+import json
 import subprocess
 import sys
 
@@ -91,3 +92,28 @@ def test_demo_script_writes_a_grid(model_dir, tmp_path):
     assert main(["--model", str(model_dir), "--num", "2", "--out", str(out)]) == 0
     assert Image.open(out).size[0] > 32
     assert main(["--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("head", ["next_scale", "flow_matching"])
+def test_generate_needs_no_head_flag(head, tmp_path):
+    path = tmp_path / head
+    tiny_pipeline(head).save_pretrained(path)
+    result = run("generate", "--model", str(path), "--prompt", "a blue square at the center", "--num", "2",
+                 "--out", str(tmp_path / "each"))
+    assert result.returncode == 0, result.stderr
+    assert [Image.open(tmp_path / "each" / f"00{i}.png").size for i in range(2)] == [(32, 32)] * 2
+
+
+def test_eval_sweeps_flow_steps_into_a_plot(model_dir, tmp_path):
+    path = tmp_path / "flow"
+    tiny_pipeline("flow_matching").save_pretrained(path)
+    result = run("eval", "--model", str(path), "--steps", "1", "3", "--num-prompts", "2", "--per-prompt", "1",
+                 "--plot", str(tmp_path / "steps.png"), "--out", str(tmp_path / "steps.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "steps.json").read_text())
+    assert sorted(report["by_steps"]) == ["1", "3"] and all(r["count"] == 2 for r in report["by_steps"].values())
+    assert Image.open(tmp_path / "steps.png").size[0] > 100
+    # A sweep needs a flow head; a plot needs a sweep.
+    _assert_one_line_error(run("eval", "--model", str(model_dir), "--steps", "1", "2"), "flow_matching")
+    _assert_one_line_error(run("eval", "--model", str(path), "--steps", "2", "--plot", str(tmp_path / "p.png")),
+                           "at least two")

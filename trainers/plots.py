@@ -28,3 +28,25 @@ def plot_curves(runs: dict[str, Path], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def plot_accuracy_vs_steps(scores: dict[int, dict], path: Path, title: str = "") -> None:
+    """Prompt-following (colour, shape, position, all three) against the number of sampling steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(scores)
+    figure, axis = plt.subplots(figsize=(5, 3.6))
+    for key, label in (("color", "colour"), ("shape", "shape"), ("position", "position"), ("all", "all three")):
+        axis.plot(steps, [100 * scores[s][key] for s in steps], marker="o", label=label,
+                  linewidth=2.5 if key == "all" else 1.2)
+    axis.set(xscale="log", xlabel="ODE steps per token", ylabel="accuracy (%)", ylim=(0, 102), title=title)
+    axis.set_xticks(steps, [str(s) for s in steps])
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

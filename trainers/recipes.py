@@ -33,7 +33,7 @@ def quickstart_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
         out=out,
         tokenizer=tokenizer,
         data=DataConfig(source="shapes", size=32, num_items=20_000, seed=0),
-        model=TransformerConfig(dim=192, num_layers=4, num_heads=6, num_kv_heads=2, max_len=160),
+        model=TransformerConfig(dim=192, num_layers=4, num_heads=6, num_kv_heads=2, max_len=256),
         head=head,
         optim=OptimConfig(steps=700, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_beta=0.995),
         run=RunConfig(log_every=10, sample_every=500, checkpoint_every=500),
@@ -53,7 +53,7 @@ def tiny_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
 def tiny_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
     config = quickstart_ar(head, out, tokenizer)
     config.data = DataConfig(num_items=256)
-    config.model = TransformerConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_len=160)
+    config.model = TransformerConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_len=256)
     config.optim = OptimConfig(steps=4, batch_size=8, warmup_steps=1)
     config.run = RunConfig(log_every=2, sample_every=0, checkpoint_every=2, progress=False)
     config.sample_prompts = config.sample_prompts[:2]
