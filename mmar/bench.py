@@ -70,20 +70,42 @@ def bench_cache(backbone: TransformerConfig, device, repeats: int) -> list[dict]
     return rows
 
 
+def count_calls(modules: dict[str, torch.nn.Module], fn) -> dict[str, int]:
+    """Run fn() once and count the forward calls of each module (sequential calls: a batch shares them)."""
+    counts = dict.fromkeys(modules, 0)
+
+    def counter(name):
+        def hook(*_):
+            counts[name] += 1
+        return hook
+
+    handles = [module.register_forward_hook(counter(name)) for name, module in modules.items()]
+    try:
+        fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
 def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 16), compile_step=False) -> list[dict]:
     rows = []
     for head in ("next_token", "next_scale", "flow_matching"):
         tokenizer, spec = _image_tokenizer(head, device)
         model = _model(spec, head, backbone, device)
-        calls = 1 + (len(spec.scales) - 1 if spec.scales else spec.num_tokens - 1)  # prefill + steps
+        teacher = getattr(tokenizer, "teacher_inputs", None)
+        config = SamplingConfig(guidance_scale=3.0, seed=0)
+        counted = {"transformer": model.transformer}
+        if hasattr(model.heads["image"], "net"):
+            counted["velocity_net"] = model.heads["image"].net
+        calls = count_calls(counted, lambda: generate(model, [PROMPT.to(device)], "image", config, teacher_inputs=teacher))
         for batch in batches:
-            config = SamplingConfig(guidance_scale=3.0, seed=0)
             prompts = [PROMPT.to(device)] * batch
-            teacher = getattr(tokenizer, "teacher_inputs", None)
             seconds = _timed(lambda: generate(model, prompts, "image", config, teacher_inputs=teacher,
                                               compile_step=compile_step), repeats, device)
             rows.append({"head": head, "batch": batch, "images_per_s": round(batch / seconds, 2),
-                         "transformer_calls_per_image": calls, "tokens_per_image": spec.num_tokens})
+                         "tokens_per_image": spec.num_tokens,
+                         **{f"{name}_calls_per_image": count for name, count in calls.items()}})
     return rows
 
 
@@ -128,8 +150,9 @@ def run_bench(quick: bool = False, device: str | None = None, out: str | None = 
               f"recompute {row['recompute_tokens_per_s']:>8} tok/s, speed-up {row['speedup']}x")
     results["heads"] = bench_heads(backbone, device, repeats, batches=(1, 4) if quick else (1, 16))
     for row in results["heads"]:
+        velocity = f", {row['velocity_net_calls_per_image']} velocity-net calls" if "velocity_net_calls_per_image" in row else ""
         print(f"  {row['head']:<14} batch {row['batch']:>2}: {row['images_per_s']:>7} images/s "
-              f"({row['transformer_calls_per_image']} transformer calls/image, CFG 3)")
+              f"({row['transformer_calls_per_image']} transformer calls/image{velocity}, CFG 3)")
     results["training"] = bench_training(backbone, device, 2 if quick else 5)
     print(f"  training ({results['training']['precision']}, batch {results['training']['batch']}): "
           f"{results['training']['tokens_per_s']} tokens/s" +

@@ -1,0 +1,31 @@
+"""`mmar bench` building blocks on a tiny backbone: the figures exist and the call counts are right."""
+
+import torch
+
+from mmar.bench import bench_cache, bench_heads, bench_training
+from mmar.transformer import TransformerConfig
+
+CPU = torch.device("cpu")
+TINY = TransformerConfig(dim=32, num_layers=1, num_heads=4, num_kv_heads=2, max_len=512)
+
+
+def test_call_counts_per_image_follow_the_head():
+    rows = {row["head"]: row for row in bench_heads(TINY, CPU, repeats=1, batches=(1,))}
+    # next-token and flow: one prefill, then one call per remaining token of the 8x8 grid.
+    assert rows["next_token"]["transformer_calls_per_image"] == 64
+    assert rows["flow_matching"]["transformer_calls_per_image"] == 64
+    # next-scale: the prefill predicts scale 1, then one call per further scale (1, 2, 3, 4, 6, 8).
+    assert rows["next_scale"]["transformer_calls_per_image"] == 6
+    from heads.flow_matching import FlowMatchingConfig
+
+    assert rows["flow_matching"]["velocity_net_calls_per_image"] == 64 * FlowMatchingConfig().num_steps
+    assert "velocity_net_calls_per_image" not in rows["next_token"]
+    assert all(row["images_per_s"] > 0 for row in rows.values())
+
+
+def test_cache_and_training_figures():
+    rows = bench_cache(TINY, CPU, repeats=1)
+    assert [row["tokens"] for row in rows] == [64, 256]
+    assert all(row["speedup"] > 0 and row["cached_tokens_per_s"] > 0 for row in rows)
+    training = bench_training(TINY, CPU, steps=1, batch=4)
+    assert training["tokens_per_s"] > 0 and training["precision"] == "fp32"
