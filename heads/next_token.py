@@ -54,9 +54,7 @@ class NextToken(Head):
 
     @torch.no_grad()
     def sample(self, hidden, *, guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, generator=None, **options):
-        conditional, unconditional = split_guidance(hidden, guidance_scale)  # (N, D) each
-        logits = mix_guidance(
-            self.logits(conditional), None if unconditional is None else self.logits(unconditional), guidance_scale
-        )  # (N, Q, V)
+        conditional, unconditional = split_guidance(self.logits(hidden), guidance_scale)  # (N, Q, V) each
+        logits = mix_guidance(conditional, unconditional, guidance_scale)  # (N, Q, V)
         codes = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (N, Q)
         return codes.view(codes.shape[0], *self.target_shape)

@@ -1,4 +1,7 @@
-"""Small pure sampling helpers shared by the heads (gpt-fast style): guidance, temperature, top-k/p."""
+"""Small pure sampling helpers shared by the heads (gpt-fast style): guidance, temperature, top-k/p.
+
+The exponential-race draw in `sample_logits` follows gpt-fast's `multinomial_sample_one_no_sync`.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ def sample_logits(
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)  # (..., V)
-    flat = probs.reshape(-1, probs.shape[-1])  # (M, V)
-    drawn = torch.multinomial(flat, 1, generator=generator)  # (M, 1)
-    return drawn.view(probs.shape[:-1])
+    # Exponential race (gpt-fast): argmax p_i / E_i with E_i ~ Exp(1) picks i with probability p_i,
+    # in two cheap kernels and without the host sync of torch.multinomial.
+    race = torch.empty_like(probs).exponential_(1, generator=generator).clamp_min_(1e-20)  # (..., V); never 0
+    return (probs / race).argmax(dim=-1)

@@ -29,17 +29,25 @@ H100_BF16_DENSE_TFLOPS = 989.0
 
 def _timed(fn, repeats: int, device: torch.device) -> float:
     """Median seconds of `fn()` over `repeats` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
+    return _timed_together([fn], repeats, device)[0]
+
+
+def _timed_together(fns, repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of each of `fns`, run interleaved (a, b, a, b, ...) so that drift in the
+    machine's speed hits every contender alike: the ratios are measured in one run."""
+    for fn in fns:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - tic)
-    return sorted(times)[len(times) // 2]
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, record in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tic = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            record.append(time.perf_counter() - tic)
+    return [sorted(record)[len(record) // 2] for record in times]
 
 
 def _model(spec: ModalitySpec, head: str, backbone: TransformerConfig, device) -> MMAR:
@@ -59,10 +67,10 @@ def bench_cache(backbone: TransformerConfig, device, repeats: int) -> list[dict]
         spec = ModalitySpec("image", 256, 1, 0, (1, side, side))
         model = _model(spec, "next_token", backbone, device)
         config = SamplingConfig(guidance_scale=1.0, seed=0)
-        seconds = {}
-        for use_cache in (True, False):
-            seconds[use_cache] = _timed(lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=use_cache),
-                                        repeats, device)
+        cached, recomputed = _timed_together(
+            [lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=True),
+             lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=False)], repeats, device)
+        seconds = {True: cached, False: recomputed}
         tokens = side * side
         rows.append({"tokens": tokens, "cached_tokens_per_s": round(tokens / seconds[True], 1),
                      "recompute_tokens_per_s": round(tokens / seconds[False], 1),
@@ -140,7 +148,7 @@ def bench_training(backbone: TransformerConfig, device, steps: int, batch: int =
 def run_bench(quick: bool = False, device: str | None = None, out: str | None = None) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else 5
     backbone = TransformerConfig(dim=192, num_layers=4, num_heads=6, num_kv_heads=2, max_len=512)
     results = {"device": str(device), "threads": torch.get_num_threads(), "backbone": "d=192, 4 layers, 6 heads (quickstart)"}
     print(f"mmar bench on {device} ({results['threads']} threads), backbone {results['backbone']}")

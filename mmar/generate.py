@@ -85,10 +85,10 @@ class Sequence:
         slots = torch.arange(self.length, self.length + n, device=x.device)  # (n,)
         block = (slots[:1].expand(n) if one_block else slots).expand(batch, n)  # (B, n)
         self.length += n
-        self.positions = torch.cat([self.positions, positions], dim=1)
-        self.block = torch.cat([self.block, block], dim=1)
         if self.use_cache:
             return self.step_fn(x, slots, positions, block)
+        self.positions = torch.cat([self.positions, positions], dim=1)
+        self.block = torch.cat([self.block, block], dim=1)
         self.x = torch.cat([self.x, x], dim=1)
         return self._recompute()[:, -n:]
 
@@ -105,7 +105,7 @@ def prompt_batch(model: MMAR, prompts: list[torch.Tensor], modality: str, guided
     return pack(samples, model.layout)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model: MMAR,
     prompts: list[torch.Tensor],

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 #: block id of padding and of unwritten cache slots: above every real block id.
@@ -55,8 +54,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)  # (..., D)
-        return normed.type_as(x) * self.weight
+        return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x) * self.weight  # in float32
 
 
 class MultiAxisRotary(nn.Module):
@@ -109,17 +107,15 @@ class Attention(nn.Module):
         self.cache: KVCache | None = None
 
     def forward(self, x, cos, sin, slots, mask):
-        qkv = self.qkv(x)  # (B, T, (H + 2 H_kv) hd)
-        q, k, v = qkv.split([self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
-                             self.num_kv_heads * self.head_dim], dim=-1)
-        q = rearrange(q, "b t (h d) -> b h t d", d=self.head_dim)
-        k = rearrange(k, "b t (h d) -> b h t d", d=self.head_dim)
-        v = rearrange(v, "b t (h d) -> b h t d", d=self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        batch, length, _ = x.shape
+        qkv = self.qkv(x).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H + 2 H_kv, T, hd)
+        rotated = self.num_heads + self.num_kv_heads
+        qk = apply_rotary(qkv[:, :rotated], cos, sin)  # (B, H + H_kv, T, hd): queries and keys in one go
+        q, k, v = qk[:, :self.num_heads], qk[:, self.num_heads:], qkv[:, rotated:]
         if self.cache is not None:
             k, v = self.cache.update(slots, k, v)  # (B, H_kv, L, hd) each
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
-        return self.out(rearrange(y, "b h t d -> b t (h d)"))
+        return self.out(y.transpose(1, 2).reshape(batch, length, -1))  # (B, T, H hd)
 
 
 class FeedForward(nn.Module):
@@ -192,7 +188,9 @@ class Transformer(nn.Module):
             if x.shape[1] > self.config.max_len:
                 raise ValueError(f"sequence of {x.shape[1]} positions exceeds the model's max_len {self.config.max_len}")
             key_block = block  # (B, T)
-        mask = block_mask(block, key_block, slots)  # (B, 1, T, L)
+        visible = block_mask(block, key_block, slots)  # (B, 1, T, L) bool
+        # One additive mask for every layer (a bool mask is converted again inside each SDPA call).
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
         cos, sin = self.rotary(positions, x.dtype)  # (B, 1, T, hd/2) each
         for layer in self.layers:
             x = layer(x, cos, sin, slots, mask)
