@@ -26,6 +26,13 @@ class UsageError(ValueError):
     """Bad input from the command line."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (plus where to read more) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -34,7 +41,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mmar", description="Unified multimodal autoregressive generation: tokenizers, one shared "
         "transformer, pluggable heads (next-token, next-scale, flow-matching).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

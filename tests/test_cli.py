@@ -117,3 +117,13 @@ def test_eval_sweeps_flow_steps_into_a_plot(model_dir, tmp_path):
     _assert_one_line_error(run("eval", "--model", str(model_dir), "--steps", "1", "2"), "flow_matching")
     _assert_one_line_error(run("eval", "--model", str(path), "--steps", "2", "--plot", str(tmp_path / "p.png")),
                            "at least two")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["generate", "--model", "m", "--prompt", "a", "--steps", "0"], "must be at least 1"),
+    (["eval", "--model", "m", "--steps"], "expected at least one argument"),
+    (["generate", "--prompt", "a"], "--model"),
+    (["quickstart", "--head", "diffusion"], "invalid choice"),
+])
+def test_argument_errors_are_one_line(args, needle):
+    _assert_one_line_error(run(*args), needle)
