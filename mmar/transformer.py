@@ -54,7 +54,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x) * self.weight  # in float32
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).type_as(x)  # in float32
 
 
 class MultiAxisRotary(nn.Module):
@@ -70,17 +70,24 @@ class MultiAxisRotary(nn.Module):
         self.register_buffer("axis", torch.repeat_interleave(torch.arange(3), torch.tensor(sections)), persistent=False)  # (P,)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (B, T, 3) -> cos, sin (B, 1, T, P) in `dtype` (float64 stays float64)."""
+        """positions (B, T, 3) -> cos, signed sin (B, 1, T, hd) in `dtype` (float64 stays float64).
+
+        Both come laid out for `apply_rotary` (computed once per forward, used by every layer):
+        cos = [cos, cos] and sin = [-sin, sin] over the two halves of the head dimension.
+        """
         work = torch.float64 if dtype == torch.float64 else torch.float32
         per_pair = positions.to(work)[..., self.axis]  # (B, T, P)
         angles = per_pair * self.inverse_frequencies.to(work)  # (B, T, P)
-        return angles.cos().unsqueeze(1).to(dtype), angles.sin().unsqueeze(1).to(dtype)
+        cos, sin = angles.cos(), angles.sin()  # (B, T, P) each
+        return (torch.cat([cos, cos], dim=-1).unsqueeze(1).to(dtype),
+                torch.cat([-sin, sin], dim=-1).unsqueeze(1).to(dtype))
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, hd) by angles (B, 1, T, hd/2), NeoX half-split convention."""
+    """Rotate (B, H, T, hd) by `MultiAxisRotary`'s cos, signed sin (B, 1, T, hd), NeoX half-split:
+    [a, b] -> [a cos - b sin, b cos + a sin]."""
     first, second = x.chunk(2, dim=-1)  # (B, H, T, hd/2) each
-    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+    return x * cos + torch.cat([second, first], dim=-1) * sin
 
 
 class KVCache(nn.Module):
@@ -191,7 +198,7 @@ class Transformer(nn.Module):
         visible = block_mask(block, key_block, slots)  # (B, 1, T, L) bool
         # One additive mask for every layer (a bool mask is converted again inside each SDPA call).
         mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
-        cos, sin = self.rotary(positions, x.dtype)  # (B, 1, T, hd/2) each
+        cos, sin = self.rotary(positions, x.dtype)  # (B, 1, T, hd) each
         for layer in self.layers:
             x = layer(x, cos, sin, slots, mask)
         return self.norm(x)
