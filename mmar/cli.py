@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
     bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--out", default=None, help="also write the figures as JSON here")
+    bench.add_argument("--compile", action="store_true", default=None,
+                       help="also time the torch.compile'd decode step (always on CUDA; ~30 s of compiling per row on CPU)")
     return parser
 
 
@@ -219,7 +221,7 @@ def _eval(args) -> int:
 def _bench(args) -> int:
     from mmar.bench import run_bench
 
-    run_bench(quick=args.quick, device=args.device, out=args.out)
+    run_bench(quick=args.quick, device=args.device, out=args.out, compile_step=args.compile)
     return 0
 
 

@@ -1,5 +1,7 @@
 """Generation: cached equals uncached (float64), seeds reproduce, guidance and options behave."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -83,3 +85,15 @@ def test_next_scale_without_teacher_inputs_is_an_error():
     model = tiny_model("next_scale")
     with pytest.raises(ValueError, match="teacher_inputs"):
         generate(model, PROMPTS, "image", SamplingConfig())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_decode_step_equals_eager():
+    # torch.compile of the cached step (inductor; C++ on CPU) must not change a single code.
+    model = tiny_model("next_token", torch.float64)
+    config = SamplingConfig(guidance_scale=3.0, seed=5)
+    eager = generate(model, PROMPTS, "image", config)
+    compiled = generate(model, PROMPTS, "image", config, compile_step=True)
+    assert torch.equal(eager, compiled)
