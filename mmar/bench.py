@@ -70,11 +70,10 @@ def bench_cache(backbone: TransformerConfig, device, repeats: int) -> list[dict]
         cached, recomputed = _timed_together(
             [lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=True),
              lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=False)], repeats, device)
-        seconds = {True: cached, False: recomputed}
         tokens = side * side
-        rows.append({"tokens": tokens, "cached_tokens_per_s": round(tokens / seconds[True], 1),
-                     "recompute_tokens_per_s": round(tokens / seconds[False], 1),
-                     "speedup": round(seconds[False] / seconds[True], 2)})
+        rows.append({"tokens": tokens, "cached_tokens_per_s": round(tokens / cached, 1),
+                     "recompute_tokens_per_s": round(tokens / recomputed, 1),
+                     "speedup": round(recomputed / cached, 2)})
     return rows
 
 
@@ -160,7 +159,8 @@ def run_bench(quick: bool = False, device: str | None = None, out: str | None = 
     for row in results["kv_cache"]:
         print(f"  next-token, {row['tokens']:>3} tokens, batch 1: cache {row['cached_tokens_per_s']:>8} tok/s, "
               f"recompute {row['recompute_tokens_per_s']:>8} tok/s, speed-up {row['speedup']}x")
-    results["heads"] = bench_heads(backbone, device, repeats, batches=(1, 4) if quick else (1, 16))
+    batches = (1, 4) if quick else (1, 16)
+    results["heads"] = bench_heads(backbone, device, repeats, batches=batches)
     for row in results["heads"]:
         velocity = f", {row['velocity_net_calls_per_image']} velocity-net calls" if "velocity_net_calls_per_image" in row else ""
         print(f"  {row['head']:<14} batch {row['batch']:>2}: {row['images_per_s']:>7} images/s "
@@ -170,7 +170,7 @@ def run_bench(quick: bool = False, device: str | None = None, out: str | None = 
           f"{results['training']['tokens_per_s']} tokens/s" +
           (f", MFU {results['training']['mfu_vs_989_tflops']:.1%} of 989 TFLOP/s" if "mfu_vs_989_tflops" in results["training"] else ""))
     if compile_step:
-        results["compiled"] = bench_heads(backbone, device, repeats, batches=(1, 16), compile_step=True)
+        results["compiled"] = bench_heads(backbone, device, repeats, batches=batches, compile_step=True)
         for row in results["compiled"]:
             eager = next(r for r in results["heads"] if r["head"] == row["head"] and r["batch"] == row["batch"])
             print(f"  compiled decode {row['head']:<14} batch {row['batch']:>2}: {row['images_per_s']:>7} images/s "
