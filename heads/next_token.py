@@ -39,8 +39,7 @@ class NextToken(Head):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, Q, V) float32 logits."""
-        logits = self.proj(hidden).float()  # (N, Q*V)
-        return rearrange(logits, "n (q v) -> n q v", q=self.spec.num_codebooks)
+        return self.proj(hidden).float().view(hidden.shape[0], self.spec.num_codebooks, -1)  # (N, Q, V)
 
     def loss(self, hidden: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None) -> HeadOutput:
         logits = self.logits(hidden)  # (N, Q, V)

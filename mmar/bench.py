@@ -61,19 +61,23 @@ def _image_tokenizer(head: str, device):
     return tokenizer, modality_spec("image", tokenizer, (3, 32, 32))
 
 
-def bench_cache(backbone: TransformerConfig, device, repeats: int) -> list[dict]:
+def bench_cache(backbone: TransformerConfig, device, repeats: int, compile_step: bool = False) -> list[dict]:
+    """Next-token, batch 1, no guidance: the cached decode step vs recomputing the whole sequence,
+    both eager and (with `compile_step`) both compiled, each pair timed together."""
     rows = []
     for side in (8, 16):
         spec = ModalitySpec("image", 256, 1, 0, (1, side, side))
         model = _model(spec, "next_token", backbone, device)
         config = SamplingConfig(guidance_scale=1.0, seed=0)
-        cached, recomputed = _timed_together(
-            [lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=True),
-             lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=False)], repeats, device)
-        tokens = side * side
-        rows.append({"tokens": tokens, "cached_tokens_per_s": round(tokens / cached, 1),
-                     "recompute_tokens_per_s": round(tokens / recomputed, 1),
-                     "speedup": round(recomputed / cached, 2)})
+        for compiled in (False, True) if compile_step else (False,):
+            cached, recomputed = _timed_together(
+                [lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=True, compile_step=compiled),
+                 lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=False, compile_step=compiled)],
+                repeats, device)
+            tokens = side * side
+            rows.append({"tokens": tokens, "compiled": compiled, "cached_tokens_per_s": round(tokens / cached, 1),
+                         "recompute_tokens_per_s": round(tokens / recomputed, 1),
+                         "speedup": round(recomputed / cached, 2)})
     return rows
 
 
@@ -155,9 +159,10 @@ def run_bench(quick: bool = False, device: str | None = None, out: str | None = 
     backbone = TransformerConfig(dim=192, num_layers=4, num_heads=6, num_kv_heads=2, max_len=512)
     results = {"device": str(device), "threads": torch.get_num_threads(), "backbone": "d=192, 4 layers, 6 heads (quickstart)"}
     print(f"mmar bench on {device} ({results['threads']} threads), backbone {results['backbone']}")
-    results["kv_cache"] = bench_cache(backbone, device, repeats)
+    results["kv_cache"] = bench_cache(backbone, device, repeats, compile_step)
     for row in results["kv_cache"]:
-        print(f"  next-token, {row['tokens']:>3} tokens, batch 1: cache {row['cached_tokens_per_s']:>8} tok/s, "
+        mode = "compiled" if row["compiled"] else "eager"
+        print(f"  next-token, {row['tokens']:>3} tokens, batch 1, {mode:<8}: cache {row['cached_tokens_per_s']:>8} tok/s, "
               f"recompute {row['recompute_tokens_per_s']:>8} tok/s, speed-up {row['speedup']}x")
     batches = (1, 4) if quick else (1, 16)
     results["heads"] = bench_heads(backbone, device, repeats, batches=batches)

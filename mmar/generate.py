@@ -61,11 +61,11 @@ class Sequence:
         x = model.embed(batch.ids, batch.vectors)  # (B, T0, D)
         self.length = x.shape[1]
         self.positions, self.block = batch.positions, batch.block
-        self.step_fn = model.transformer
+        # Compiled: the cached step has static shapes (CUDA-graph friendly); the recomputed forward
+        # grows by one position a step, so it is compiled once for every length (dynamic shapes).
+        self.step_fn = torch.compile(model.transformer, dynamic=not use_cache) if compile_step else model.transformer
         if use_cache:
             model.transformer.setup_caches(x.shape[0], self.length + extra)
-            if compile_step:
-                self.step_fn = torch.compile(model.transformer, dynamic=False)
             slots = torch.arange(self.length, device=x.device)  # (T0,)
             self.last_hidden = model.transformer(x, slots, batch.positions, batch.block)[:, -1]  # (B, D)
         else:
@@ -74,7 +74,7 @@ class Sequence:
 
     def _recompute(self) -> torch.Tensor:
         slots = torch.arange(self.x.shape[1], device=self.x.device)  # (T,)
-        return self.model.transformer(self.x, slots, self.positions, self.block)  # (B, T, D)
+        return self.step_fn(self.x, slots, self.positions, self.block)  # (B, T, D)
 
     def extend(self, x: torch.Tensor, positions: torch.Tensor, one_block: bool) -> torch.Tensor:
         """Append x (B, n, D) at `positions` (B, n, 3) -> their hidden states (B, n, D).
@@ -156,7 +156,8 @@ def _fill_causal(model, sequence, spec, start, config, generator) -> torch.Tenso
         drawn.append(token)
         if i == n - 1:
             break
-        token = token.repeat(copies, *[1] * (token.dim() - 1))  # (B, ...)
+        if copies > 1:
+            token = torch.cat([token] * copies)  # (B, ...)
         if spec.kind == "codes":
             x = model.token_embedding(model.layout.code_ids(name, token))  # (B, D)
         else:

@@ -70,9 +70,20 @@ def test_linear_schedule_is_used():
     config = SamplingConfig(guidance_scale=4.0, guidance_schedule="linear")
     assert config.guidance_at(0, 4) == pytest.approx(1.75) and config.guidance_at(3, 4) == pytest.approx(4.0)
     model = tiny_model("next_scale", torch.float64)
-    constant = _generate(model, "next_scale", SamplingConfig(guidance_scale=4.0, seed=0))
-    linear = _generate(model, "next_scale", SamplingConfig(guidance_scale=4.0, guidance_schedule="linear", seed=0))
-    assert not torch.equal(constant, linear)
+    head, seen = model.heads["image"], []
+    sample = head.sample
+
+    def spy(hidden, **options):
+        seen.append(options["guidance_scale"])
+        return sample(hidden, **options)
+
+    head.sample = spy
+    _generate(model, "next_scale", SamplingConfig(guidance_scale=4.0, seed=0))
+    constant, seen[:] = list(seen), []
+    _generate(model, "next_scale", SamplingConfig(guidance_scale=4.0, guidance_schedule="linear", seed=0))
+    scales = len(SPECS["next_scale"].scales)
+    assert constant == [4.0] * scales
+    assert seen == pytest.approx([config.guidance_at(k, scales) for k in range(scales)]) and seen[-1] == 4.0
 
 
 @pytest.mark.parametrize("bad", [{"temperature": -1.0}, {"top_p": 0.0}, {"top_k": -1}, {"guidance_schedule": "cubic"}])
@@ -91,9 +102,10 @@ def test_next_scale_without_teacher_inputs_is_an_error():
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_decode_step_equals_eager():
-    # torch.compile of the cached step (inductor; C++ on CPU) must not change a single code.
+    # torch.compile (inductor; C++ on CPU) of the cached step (static shapes) and of the recomputed
+    # forward (dynamic shapes, what `mmar bench --compile` times against it) must not change a code.
     model = tiny_model("next_token", torch.float64)
     config = SamplingConfig(guidance_scale=3.0, seed=5)
     eager = generate(model, PROMPTS, "image", config)
-    compiled = generate(model, PROMPTS, "image", config, compile_step=True)
-    assert torch.equal(eager, compiled)
+    assert torch.equal(eager, generate(model, PROMPTS, "image", config, compile_step=True))
+    assert torch.equal(eager, generate(model, PROMPTS, "image", config, use_cache=False, compile_step=True))
