@@ -10,6 +10,8 @@ Figures (random weights: speed does not depend on them):
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -59,6 +61,11 @@ def _image_tokenizer(head: str, device):
     name = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow_matching": "image_kl"}[head]
     tokenizer = TOKENIZERS[name](TOKENIZERS[name].Config()).to(device).eval()
     return tokenizer, modality_spec("image", tokenizer, (3, 32, 32))
+
+
+def has_cxx_compiler() -> bool:
+    """torch.compile on CPU (inductor) builds C++: it needs $CXX or a compiler on PATH."""
+    return bool(os.environ.get("CXX")) or any(shutil.which(name) for name in ("c++", "g++", "clang++"))
 
 
 def bench_cache(backbone: TransformerConfig, device, repeats: int, compile_step: bool = False) -> list[dict]:
@@ -156,6 +163,9 @@ def run_bench(quick: bool = False, device: str | None = None, out: str | None = 
     on CPU the inductor C++ compile costs ~30 s per head and batch size)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     compile_step = device.type == "cuda" if compile_step is None else compile_step
+    if compile_step and device.type == "cpu" and not has_cxx_compiler():
+        raise ValueError("--compile on CPU needs a C++ compiler for torch.compile (inductor): install one "
+                         "(e.g. apt install g++) or set $CXX, or leave --compile out")
     torch.manual_seed(0)
     repeats = 1 if quick else 5
     backbone = TransformerConfig(dim=192, num_layers=4, num_heads=6, num_kv_heads=2, max_len=512)

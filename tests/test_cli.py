@@ -1,6 +1,7 @@
 """The `mmar` command: bad input is one line and exit code 2; generation is reproducible."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -127,3 +128,10 @@ def test_eval_sweeps_flow_steps_into_a_plot(model_dir, tmp_path):
 ])
 def test_argument_errors_are_one_line(args, needle):
     _assert_one_line_error(run(*args), needle)
+
+
+def test_bench_compile_without_a_cxx_compiler_is_a_one_line_error(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "CXX"}
+    result = subprocess.run([sys.executable, "-m", "mmar.cli", "bench", "--quick", "--compile", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=120, env={**env, "PATH": str(tmp_path)})
+    _assert_one_line_error(result, "needs a C++ compiler")

@@ -1,11 +1,10 @@
 """Generation: cached equals uncached (float64), seeds reproduce, guidance and options behave."""
 
-import shutil
-
 import pytest
 import torch
 
 from conftest import SPECS, fake_teacher_inputs, tiny_model
+from mmar.bench import has_cxx_compiler
 from mmar.generate import SamplingConfig, generate
 from mmar.packing import Segment, pack
 
@@ -99,8 +98,7 @@ def test_next_scale_without_teacher_inputs_is_an_error():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_decode_step_equals_eager():
     # torch.compile (inductor; C++ on CPU) of the cached step (static shapes) and of the recomputed
     # forward (dynamic shapes, what `mmar bench --compile` times against it) must not change a code.
