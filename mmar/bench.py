@@ -79,8 +79,8 @@ def bench_cache(backbone: TransformerConfig, device, repeats: int, compile_step:
         for compiled in (False, True) if compile_step else (False,):
             torch.compiler.reset()  # every contender compiles afresh, within dynamo's recompile limit
             cached, recomputed = _timed_together(
-                [lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=True, compile_step=compiled),
-                 lambda: generate(model, [PROMPT.to(device)], "image", config, use_cache=False, compile_step=compiled)],
+                [lambda: generate(model, [PROMPT], "image", config, use_cache=True, compile_step=compiled),
+                 lambda: generate(model, [PROMPT], "image", config, use_cache=False, compile_step=compiled)],
                 repeats, device)
             tokens = side * side
             rows.append({"tokens": tokens, "compiled": compiled, "cached_tokens_per_s": round(tokens / cached, 1),
@@ -118,9 +118,9 @@ def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 1
         counted = {"transformer": model.transformer}
         if hasattr(model.heads["image"], "net"):
             counted["velocity_net"] = model.heads["image"].net
-        calls = count_calls(counted, lambda: generate(model, [PROMPT.to(device)], "image", config, teacher_inputs=teacher))
+        calls = count_calls(counted, lambda: generate(model, [PROMPT], "image", config, teacher_inputs=teacher))
         for batch in batches:
-            prompts = [PROMPT.to(device)] * batch
+            prompts = [PROMPT] * batch
             seconds = _timed(lambda: generate(model, prompts, "image", config, teacher_inputs=teacher,
                                               compile_step=compile_step), repeats, device)
             rows.append({"head": head, "batch": batch, "images_per_s": round(batch / seconds, 2),

@@ -98,8 +98,10 @@ class Sequence:
 
 
 def prompt_batch(model: MMAR, prompts: list[torch.Tensor], modality: str, guided: bool) -> Batch:
-    """Byte prompts (n_i,) -> a left-padded batch that ends with `<m:modality>` (+ empty-text rows)."""
-    samples = [[Segment("text", p), Segment(modality, None)] for p in prompts]
+    """Byte prompts (n_i,) -> a left-padded batch that ends with `<m:modality>` (+ empty-text rows).
+
+    `pack` builds on the CPU (the caller moves the batch), so prompts may come from any device."""
+    samples = [[Segment("text", p.cpu()), Segment(modality, None)] for p in prompts]
     if guided:
         samples += [[Segment("text", torch.zeros(0, dtype=torch.long)), Segment(modality, None)]] * len(prompts)
     return pack(samples, model.layout)

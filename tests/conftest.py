@@ -34,7 +34,7 @@ def fake_teacher_inputs(spec: ModalitySpec, dtype=torch.float32):
         done = next(k for k in range(1, len(sizes) + 1) if sum(sizes[:k]) == codes.shape[1])
         rows = sum(sizes[1:min(done + 1, len(sizes))])
         base = codes.to(dtype).sum(1, keepdim=True)[:, :, None]  # (B, 1, 1)
-        grid = torch.arange(rows * spec.latent_channels, dtype=dtype).view(1, rows, spec.latent_channels)
+        grid = torch.arange(rows * spec.latent_channels, dtype=dtype, device=codes.device).view(1, rows, spec.latent_channels)
         return torch.sin(base * 0.1 + grid * 0.01)  # (B, rows, C)
 
     return teacher_inputs
