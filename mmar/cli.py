@@ -162,6 +162,11 @@ def _train(args) -> int:
     return 0
 
 
+def _steps_option(steps: int | None) -> dict:
+    """`--steps N` as the flow head's sampling option (nothing when not given)."""
+    return {} if steps is None else {"num_steps": steps}
+
+
 def _generate(args) -> int:
     if args.num < 1:
         raise UsageError(f"--num must be at least 1, got {args.num}")
@@ -173,8 +178,7 @@ def _generate(args) -> int:
     pipeline = Pipeline.from_pretrained(args.model, device=args.device)
     images = pipeline(args.prompt, num_images_per_prompt=args.num, guidance_scale=args.cfg,
                       guidance_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, seed=args.seed,
-                      **({} if args.steps is None else {"num_steps": args.steps}))
+                      top_p=args.top_p, seed=args.seed, **_steps_option(args.steps))
     captions = [p for p in args.prompt for _ in range(args.num)]
     out = Path(args.out)
     if out.suffix.lower() == ".png":
@@ -202,8 +206,7 @@ def _eval(args) -> int:
         raise UsageError("--plot draws accuracy against several --steps values: pass at least two")
     results = {}
     for steps in sweep:
-        options = {} if steps is None else {"num_steps": steps}
-        scores = evaluate(pipeline, args.num_prompts, args.per_prompt, guidance_scale=args.cfg, **options)
+        scores = evaluate(pipeline, args.num_prompts, args.per_prompt, guidance_scale=args.cfg, **_steps_option(steps))
         title = f"prompt-following of {args.model} ({pipeline.head}" + (f", {steps} steps)" if steps else ")")
         print(report_markdown(scores, title) + "\n")
         results[steps] = scores
