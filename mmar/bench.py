@@ -77,7 +77,8 @@ def bench_cache(backbone: TransformerConfig, device, repeats: int, compile_step:
         model = _model(spec, "next_token", backbone, device)
         config = SamplingConfig(guidance_scale=1.0, seed=0)
         for compiled in (False, True) if compile_step else (False,):
-            torch.compiler.reset()  # every contender compiles afresh, within dynamo's recompile limit
+            if compiled:
+                torch.compiler.reset()  # every contender compiles afresh, within dynamo's recompile limit
             cached, recomputed = _timed_together(
                 [lambda: generate(model, [PROMPT], "image", config, use_cache=True, compile_step=compiled),
                  lambda: generate(model, [PROMPT], "image", config, use_cache=False, compile_step=compiled)],
@@ -110,7 +111,8 @@ def count_calls(modules: dict[str, torch.nn.Module], fn) -> dict[str, int]:
 def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 16), compile_step=False) -> list[dict]:
     rows = []
     for head in ("next_token", "next_scale", "flow_matching"):
-        torch.compiler.reset()  # a head's scale shapes and batch sizes compile afresh, within the recompile limit
+        if compile_step:
+            torch.compiler.reset()  # a head's scale shapes and batch sizes compile afresh, within the recompile limit
         tokenizer, spec = _image_tokenizer(head, device)
         model = _model(spec, head, backbone, device)
         teacher = getattr(tokenizer, "teacher_inputs", None)
