@@ -43,6 +43,9 @@ class Head(nn.Module):
     Config: ClassVar[type]
     #: torch dtype of targets and samples: torch.long for discrete heads, torch.float for flow.
     target_dtype: ClassVar[torch.dtype]
+    #: the token kinds this head can predict: "codes" (discrete, causal), "scales" (multi-scale
+    #: codes, one scale a step) or "vectors" (continuous latents). Pairing is checked before training.
+    token_kinds: ClassVar[tuple[str, ...]]
 
     def __init__(self, config: Any, spec: HeadSpec) -> None:
         super().__init__()

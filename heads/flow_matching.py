@@ -206,6 +206,7 @@ class FlowMatching(Head):
 
     Config = FlowMatchingConfig
     target_dtype = torch.float
+    token_kinds = ("vectors",)
 
     def __init__(self, config: FlowMatchingConfig, spec: HeadSpec) -> None:
         super().__init__(config, spec)

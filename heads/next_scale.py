@@ -20,3 +20,4 @@ class NextScaleConfig:
 
 class NextScale(NextToken):
     Config = NextScaleConfig
+    token_kinds = ("scales",)

@@ -25,6 +25,7 @@ class NextTokenConfig:
 class NextToken(Head):
     Config = NextTokenConfig
     target_dtype = torch.long
+    token_kinds = ("codes",)
 
     def __init__(self, config: NextTokenConfig, spec: HeadSpec) -> None:
         super().__init__(config, spec)
@@ -52,8 +53,12 @@ class NextToken(Head):
         return HeadOutput(loss_sum, valid.sum(), {"accuracy": correct.float()})
 
     @torch.no_grad()
-    def sample(self, hidden, *, guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, generator=None, **options):
+    def sample(self, hidden, *, guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, generator=None,
+               allowed: torch.Tensor | None = None, **options):
+        """`allowed` (V,) bool, optional: draw only these codes (e.g. the `<m:…>` tokens of the text head)."""
         conditional, unconditional = split_guidance(self.logits(hidden), guidance_scale)  # (N, Q, V) each
         logits = mix_guidance(conditional, unconditional, guidance_scale)  # (N, Q, V)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))  # (N, Q, V)
         codes = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (N, Q)
         return codes.view(codes.shape[0], *self.target_shape)

@@ -1,7 +1,9 @@
-"""The `mmar` command: one face over training, generation, evaluation and benchmarks.
+"""The `mmar` command: one face over training, generation, captioning, evaluation and benchmarks.
 
 Subcommands import what they need inside themselves, so `mmar generate --help` answers at once and
-`import mmar` never pulls in the training stack. Bad input is one line on stderr and exit code 2.
+`import mmar` never pulls in the training stack. Bad input is one line on stderr and exit code 2;
+an unexpected error is one line and exit code 1 (`-v` shows its traceback). The choices of
+`--head`, `--tokenizer` and `--recipe` come from the registries, so a new head is one file and one line.
 """
 
 from __future__ import annotations
@@ -10,16 +12,50 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 EXAMPLES = """examples:
   mmar quickstart                                   # tokenizer + model + report in runs/quickstart
+  mmar quickstart --recipe joint --out runs/joint   # three tokenizers, ONE model over all three heads + captions
   mmar generate --model runs/quickstart/pipeline --prompt "a red circle at the top left" --num 4 --out out.png
+  mmar generate --model runs/joint/pipeline --modality image_flow --prompt "a blue square at the center"
+  mmar caption --model runs/joint/pipeline --image out/000.png
   mmar train-tokenizer --tokenizer image_vq --out runs/vq --set optim.steps=1000
   mmar train --tokenizer runs/vq/tokenizer --head next_token --out runs/ar --set model.num_layers=6
+  mmar train --config joint.json --out runs/mix     # a mixture of modality runs (see README)
   mmar eval --model runs/quickstart/pipeline
   mmar bench
 """
+
+
+class RegistryChoices:
+    """argparse choices read from a registry on first use, so `mmar generate --help` never imports torch."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind, self._names = kind, None
+
+    def names(self) -> list[str]:
+        if self._names is None:
+            if self.kind == "head":
+                from heads import HEADS
+
+                self._names = sorted(HEADS)
+            else:
+                from tokenizers_vq import TOKENIZERS
+
+                self._names = sorted(name for name in TOKENIZERS if name != "text")
+        return self._names
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __iter__(self):
+        return iter(self.names())
+
+
+def _registry_choices(kind: str) -> RegistryChoices:
+    return RegistryChoices(kind)
 
 
 class UsageError(ValueError):
@@ -45,14 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mmar", description="Unified multimodal autoregressive generation: tokenizers, one shared "
         "transformer, pluggable heads (next-token, next-scale, flow-matching).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level; show tracebacks of unexpected errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    heads, tokenizers = _registry_choices("head"), _registry_choices("tokenizer")
 
-    quick = commands.add_parser("quickstart", help="train a tokenizer and a model on built-in shapes, then report",
-                                description="Train an image tokenizer and the AR model on the procedural shapes "
+    quick = commands.add_parser("quickstart", help="train tokenizer(s) and one model on built-in shapes, then report",
+                                description="Train image tokenizer(s) and the AR model on the procedural shapes "
                                 "dataset, then write the pipeline, a sample grid, training curves and a "
-                                "prompt-following report into --out.")
-    quick.add_argument("--head", default="next_token", choices=["next_token", "next_scale", "flow_matching"])
+                                "prompt-following report into --out. --recipe joint trains ONE backbone on "
+                                "next_token, next_scale and flow_matching image runs at once, plus captioning.")
+    quick.add_argument("--recipe", default="single", choices=["single", "joint"],
+                       help="single: one head (--head); joint: all three heads on one backbone + captions")
+    quick.add_argument("--head", default="next_token", choices=heads, metavar="HEAD",
+                       help="the head of the single recipe: %(choices)s (default next_token)")
     quick.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
     quick.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe field: tokenizer.optim.steps=300 or ar.model.dim=256 (repeatable)")
@@ -61,25 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--per-prompt", type=_positive_int, default=4, help="samples per evaluation prompt (default 4)")
 
     tok = commands.add_parser("train-tokenizer", help="train a tokenizer (VQ, multi-scale VQ, KL) on a data source")
-    tok.add_argument("--tokenizer", default="image_vq", help="registry key: image_vq | multiscale_vq | image_kl")
+    tok.add_argument("--tokenizer", default="image_vq", choices=tokenizers, metavar="NAME",
+                     help="registry key: %(choices)s (default image_vq)")
     tok.add_argument("--out", default="runs/tokenizer")
     tok.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a TokenizerTrainConfig field, e.g. optim.steps=1000 data.source=fashion_mnist")
     tok.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
 
-    train = commands.add_parser("train", help="train the AR model on a trained tokenizer's codes")
-    train.add_argument("--tokenizer", required=True, help="folder of a trained tokenizer (…/tokenizer)")
-    train.add_argument("--head", default="next_token", choices=["next_token", "next_scale", "flow_matching"])
-    train.add_argument("--out", default="runs/ar")
+    train = commands.add_parser("train", help="train the AR model on trained tokenizers' codes (one modality or a mixture)",
+                                description="One modality: --tokenizer DIR --head NAME (--set data.source=... is "
+                                "that run's). A mixture: --config FILE, a JSON ARTrainConfig whose 'modalities' "
+                                "maps a name to {tokenizer, head, data, loss_weight, mix_weight, caption_weight}; "
+                                "--set modalities.NAME.data.source=folder reaches into it.")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tokenizer", help="folder of a trained tokenizer (…/tokenizer): the one-modality shorthand")
+    source.add_argument("--config", help="a JSON training config with several modality runs (a mixture)")
+    train.add_argument("--head", default="next_token", choices=heads, metavar="HEAD",
+                       help="the head of --tokenizer's modality: %(choices)s (default next_token)")
+    train.add_argument("--out", default=None, help="run folder (default: the config's out, else runs/ar)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override an ARTrainConfig field, e.g. optim.steps=3000 model.dim=256")
     train.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
 
-    gen = commands.add_parser("generate", help="generate images from a prompt with a trained pipeline",
-                              description="Writes a captioned grid when --out ends in .png, otherwise one PNG "
-                              "per sample (000.png, 001.png, ...) into the folder --out. Same seed and "
-                              "settings give identical images.")
+    gen = commands.add_parser("generate", help="generate any modality of a trained pipeline from a prompt",
+                              description="Images: a captioned grid when --out ends in .png, otherwise one PNG "
+                              "per sample (000.png, 001.png, ...) into the folder --out; other media: one file "
+                              "per sample (MP4, WAV, OBJ) into the folder --out. Without --modality a "
+                              "one-modality pipeline uses its own and a many-modality one lets the text head "
+                              "choose. Same seed and settings give identical samples.")
     gen.add_argument("--model", required=True, help="pipeline folder (e.g. runs/quickstart/pipeline)")
+    gen.add_argument("--modality", default=None, help="which of the pipeline's modalities to generate")
     gen.add_argument("--prompt", required=True, action="append", help="text prompt (repeatable)")
     gen.add_argument("--num", type=int, default=4, help="samples per prompt (default 4)")
     gen.add_argument("--seed", type=int, default=0)
@@ -92,8 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="out.png", help="grid file (*.png) or a folder for one file per sample")
     gen.add_argument("--device", default="cpu")
 
-    evaluate = commands.add_parser("eval", help="prompt-following accuracy of a pipeline (analytic shape checker)")
+    caption = commands.add_parser("caption", help="describe images with a trained pipeline's text head",
+                                  description="Prints one caption per image (greedy by default; --temperature > 0 "
+                                  "samples, --num captions per image).")
+    caption.add_argument("--model", required=True, help="pipeline folder")
+    caption.add_argument("--image", required=True, nargs="+", help="image file(s) to describe")
+    caption.add_argument("--modality", default=None, help="which image tokenizer reads them (default: the first)")
+    caption.add_argument("--num", type=_positive_int, default=1, help="captions per image (default 1)")
+    caption.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    caption.add_argument("--top-k", type=int, default=0)
+    caption.add_argument("--top-p", type=float, default=1.0)
+    caption.add_argument("--seed", type=int, default=0)
+    caption.add_argument("--max-bytes", type=_positive_int, default=64, help="longest caption (default 64 bytes)")
+    caption.add_argument("--device", default="cpu")
+
+    evaluate = commands.add_parser("eval", help="prompt-following (and caption) accuracy with the analytic checkers")
     evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--modality", default=None, help="evaluate this modality only (default: every one)")
+    evaluate.add_argument("--captions", action="store_true", help="also score captions of held-out items")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--num-prompts", type=_positive_int, default=64)
     evaluate.add_argument("--per-prompt", type=_positive_int, default=4)
     evaluate.add_argument("--cfg", type=float, default=3.0)
@@ -118,12 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args) or 0
     except (UsageError, ValueError, FileNotFoundError, FloatingPointError) as error:
+        if args.verbose:
+            traceback.print_exc()
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"mmar {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmar: interrupted; checkpoints already written are intact (resume with --resume)", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug, not bad input: one line, and the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        first = str(error).splitlines()[0] if str(error) else ""
+        print(f"mmar {args.command}: unexpected {type(error).__name__}: {first} (run with -v for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 def _quickstart(args) -> int:
@@ -131,16 +210,23 @@ def _quickstart(args) -> int:
 
     out = Path(args.out)
     report = run_quickstart(args.head, out, args.overrides, tiny=args.tiny, num_prompts=args.num_prompts,
-                            per_prompt=args.per_prompt)
-    scores = report["prompt_following"]
-    print(f"\nmmar quickstart ({args.head}) finished in {report['seconds']['total']:.0f} s")
-    print(f"  prompt-following: color {scores['color']:.0%}  shape {scores['shape']:.0%}  "
-          f"position {scores['position']:.0%}  all three {scores['all']:.0%}")
+                            per_prompt=args.per_prompt, recipe=args.recipe)
+    title = args.head if args.recipe == "single" else "joint: " + ", ".join(report["heads"].values())
+    print(f"\nmmar quickstart ({title}) finished in {report['seconds']['total']:.0f} s")
+    scores = {"image": report["prompt_following"]} if args.recipe == "single" else report["prompt_following"]
+    for name, score in scores.items():
+        print(f"  prompt-following {name} ({report['heads'][name]}): color {score['color']:.0%}  shape "
+              f"{score['shape']:.0%}  position {score['position']:.0%}  all three {score['all']:.0%}")
+    if "captions" in report:
+        c = report["captions"]
+        print(f"  captions: color {c['color']:.0%}  shape {c['shape']:.0%}  position {c['position']:.0%}  "
+              f"all three {c['all']:.0%}")
     print(f"  tokenizer: {report['tokenizer']}")
     for name in ("pipeline", "samples.png", "curves.png", "report.md", "report.json"):
         print(f"  {name:<12} {out / name}")
-    print(f'\ngenerate more:\n  mmar generate --model {out / "pipeline"} --prompt "a red circle at the top left" '
-          f"--num 4 --seed 0 --cfg 3 --out out.png")
+    modality = "" if args.recipe == "single" else f" --modality {next(iter(report['heads']))}"
+    print(f'\ngenerate more:\n  mmar generate --model {out / "pipeline"}{modality} --prompt "a red circle at the top '
+          f'left" --num 4 --seed 0 --cfg 3 --out out.png')
     return 0
 
 
@@ -154,10 +240,18 @@ def _train_tokenizer(args) -> int:
 
 
 def _train(args) -> int:
-    from mmar.config import apply_overrides
-    from trainers.ar import ARTrainConfig, train_ar
+    import dataclasses
 
-    config = apply_overrides(ARTrainConfig(out=args.out, tokenizer=args.tokenizer, head=args.head), args.overrides)
+    from mmar.config import apply_overrides, load_json
+    from trainers.ar import ARTrainConfig, single_run, train_ar
+
+    if args.config:
+        config, overrides = load_json(ARTrainConfig, args.config), args.overrides
+    else:
+        config, overrides = single_run(args.out or "runs/ar", args.tokenizer, args.head, args.overrides)
+    if args.out:
+        config = dataclasses.replace(config, out=args.out)
+    config = apply_overrides(config, overrides)
     print(f"pipeline written to {train_ar(config, resume=args.resume)}")
     return 0
 
@@ -165,6 +259,16 @@ def _train(args) -> int:
 def _steps_option(steps: int | None) -> dict:
     """`--steps N` as the flow head's sampling option (nothing when not given)."""
     return {} if steps is None else {"num_steps": steps}
+
+
+def _check_steps(pipeline, modality: str | None, steps) -> None:
+    """`--steps` is the flow head's option: on another head it is an error, never silently ignored."""
+    if steps is None:
+        return
+    names = [modality] if modality else pipeline.modalities
+    others = sorted({pipeline.head_of(m) for m in names} - {"flow_matching"})
+    if others:
+        raise UsageError(f"--steps sets the ODE steps of a flow_matching head; {'/'.join(names)} uses {', '.join(others)}")
 
 
 def _generate(args) -> int:
@@ -176,48 +280,96 @@ def _generate(args) -> int:
     from mmar.pipeline import Pipeline
 
     pipeline = Pipeline.from_pretrained(args.model, device=args.device)
-    images = pipeline(args.prompt, num_images_per_prompt=args.num, guidance_scale=args.cfg,
-                      guidance_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, seed=args.seed, **_steps_option(args.steps))
+    _check_steps(pipeline, args.modality, args.steps)
+    outputs = pipeline(args.prompt, num_images_per_prompt=args.num, modality=args.modality, guidance_scale=args.cfg,
+                       guidance_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed, **_steps_option(args.steps))
+    chosen = pipeline.last_modalities
     captions = [p for p in args.prompt for _ in range(args.num)]
+    if len(set(chosen)) > 1 or (args.modality is None and len(pipeline.modalities) > 1):
+        captions = [f"{m}: {c}" for m, c in zip(chosen, captions)]
+    media = {pipeline.spec(m).medium for m in chosen}
     out = Path(args.out)
-    if out.suffix.lower() == ".png":
-        save_atomic(captioned_grid(images, captions, columns=min(8, len(images))), out)
-        print(f"wrote a grid of {len(images)} images to {out}")
-    else:
-        for i, image in enumerate(images):
-            save_atomic(image, out / f"{i:03d}.png")
-        print(f"wrote {len(images)} images to {out}/")
+    if out.suffix.lower() == ".png" and media == {"image"}:
+        save_atomic(captioned_grid(outputs, captions, columns=min(8, len(outputs))), out)
+        print(f"wrote a grid of {len(outputs)} images to {out}")
+        return 0
+    if out.suffix:
+        raise UsageError(f"--out {out}: a .png grid holds images only; give a folder for {', '.join(sorted(media))}")
+    from mmar.media import default_name, save_media
+
+    for i, (item, modality) in enumerate(zip(outputs, chosen)):
+        medium = pipeline.spec(modality).medium
+        if medium == "image":
+            save_atomic(item, out / f"{i:03d}.png")
+        else:
+            save_media(medium, item, out / default_name(medium, i))
+    print(f"wrote {len(outputs)} samples to {out}/")
+    return 0
+
+
+def _caption(args) -> int:
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    from PIL import Image, UnidentifiedImageError
+
+    from mmar.pipeline import Pipeline
+
+    images = []
+    for name in args.image:
+        try:
+            with Image.open(name) as opened:
+                images.append(opened.convert("RGB"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no image at {name}") from None
+        except (UnidentifiedImageError, OSError) as error:
+            raise UsageError(f"{name} is not a readable image ({error})") from None
+    pipeline = Pipeline.from_pretrained(args.model, device=args.device)
+    for k in range(args.num):
+        texts = pipeline.caption(images, modality=args.modality, temperature=args.temperature, top_k=args.top_k,
+                                 top_p=args.top_p, seed=args.seed + k, max_new_tokens=args.max_bytes)
+        for name, text in zip(args.image, texts):
+            print(f"{name}\t{text}")
     return 0
 
 
 def _eval(args) -> int:
     import json
 
-    from mmar.evaluation.prompt_following import report_markdown
+    from mmar.evaluation import evaluate, evaluate_captions, report_markdown
     from mmar.pipeline import Pipeline
-    from trainers.quickstart import evaluate
 
-    pipeline = Pipeline.from_pretrained(args.model)
+    pipeline = Pipeline.from_pretrained(args.model, device=args.device)
+    modalities = [pipeline.spec(args.modality).name] if args.modality else pipeline.modalities
     sweep = args.steps or [None]
-    if len(sweep) > 1 and pipeline.head != "flow_matching":
-        raise UsageError(f"--steps sweeps ODE steps of a flow_matching pipeline; {args.model} uses {pipeline.head}")
+    _check_steps(pipeline, args.modality, args.steps)
+    if len(sweep) > 1 and len(modalities) > 1:
+        raise UsageError("--steps sweeps one flow_matching modality: pass --modality too")
     if args.plot and len(sweep) < 2:
         raise UsageError("--plot draws accuracy against several --steps values: pass at least two")
-    results = {}
-    for steps in sweep:
-        scores = evaluate(pipeline, args.num_prompts, args.per_prompt, guidance_scale=args.cfg, **_steps_option(steps))
-        title = f"prompt-following of {args.model} ({pipeline.head}" + (f", {steps} steps)" if steps else ")")
-        print(report_markdown(scores, title) + "\n")
-        results[steps] = scores
+    results: dict = {}
+    for modality in modalities:
+        head = pipeline.head_of(modality)
+        for steps in sweep:
+            scores = evaluate(pipeline, modality, args.num_prompts, args.per_prompt, seed=args.seed,
+                              guidance_scale=args.cfg, **_steps_option(steps))
+            title = f"prompt-following of {args.model}: {modality} ({head}" + (f", {steps} steps)" if steps else ")")
+            print(report_markdown(scores, title) + "\n")
+            results.setdefault(modality, {})[steps] = scores
+    report: dict = {m: r[sweep[0]] if len(sweep) == 1 else {"by_steps": {str(k): v for k, v in r.items()}}
+                    for m, r in results.items()}
+    if args.captions:
+        report["captions"] = evaluate_captions(pipeline, args.modality, args.num_prompts, args.per_prompt, seed=args.seed)
+        print(report_markdown(report["captions"], f"caption accuracy of {args.model}") + "\n")
     if args.plot:
         from trainers.plots import plot_accuracy_vs_steps
 
-        plot_accuracy_vs_steps(results, Path(args.plot), title=f"{pipeline.head}, CFG {args.cfg:g}")
+        only = modalities[0]
+        plot_accuracy_vs_steps(results[only], Path(args.plot), title=f"{pipeline.head_of(only)}, CFG {args.cfg:g}")
         print(f"wrote {args.plot}")
     if args.out:
-        report = results[sweep[0]] if len(sweep) == 1 else {"by_steps": {str(k): v for k, v in results.items()}}
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        single = len(modalities) == 1 and not args.captions
+        Path(args.out).write_text(json.dumps(report[modalities[0]] if single else report, indent=2) + "\n")
     return 0
 
 
@@ -229,7 +381,7 @@ def _bench(args) -> int:
 
 
 COMMANDS = {"quickstart": _quickstart, "train-tokenizer": _train_tokenizer, "train": _train,
-            "generate": _generate, "eval": _eval, "bench": _bench}
+            "generate": _generate, "caption": _caption, "eval": _eval, "bench": _bench}
 
 if __name__ == "__main__":
     sys.exit(main())

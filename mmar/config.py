@@ -30,9 +30,44 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
         kind = hints[key]
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             kwargs[key] = from_dict(kind, value)
+        elif (item := _dataclass_values(kind)) is not None:
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {key!r} expects a JSON object of {item.__name__} entries, got {value!r}")
+            kwargs[key] = {name: entry if isinstance(entry, item) else from_dict(item, _object(entry, f"{key}.{name}"))
+                           for name, entry in value.items()}
         else:
             kwargs[key] = _coerce(value, kind, key)
     return cls(**kwargs)
+
+
+def _dataclass_values(kind: Any) -> type | None:
+    """The value class of a `dict[str, SomeDataclass]` annotation, else None."""
+    if typing.get_origin(kind) is dict:
+        args = typing.get_args(kind)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return args[1]
+    return None
+
+
+def _object(value: Any, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"config key {key!r} expects a JSON object, got {value!r}")
+    return value
+
+
+def load_json(cls: type, path: str | Path) -> Any:
+    """A config dataclass from a JSON file (partial: missing keys keep their defaults)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from error
+    try:
+        return from_dict(cls, _object(values, str(path)))
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def save_json(config: Any, path: str | Path) -> None:
@@ -57,6 +92,15 @@ def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
     if name not in fields:
         raise ValueError(f"unknown config key {full_key!r}; known here: {', '.join(sorted(fields))}")
     current = getattr(node, name)
+    entry_class = _dataclass_values(typing.get_type_hints(type(node))[name])
+    if entry_class is not None:  # named entries (e.g. modalities.image.data.source=folder)
+        if len(path) < 3:
+            raise ValueError(f"config key {full_key!r}: set a field of one entry, e.g. {name}.<entry>.<field>=...")
+        if path[1] not in current:
+            raise ValueError(f"config key {full_key!r}: no entry {path[1]!r} in {name}; "
+                             f"it has {', '.join(current) or 'none'}")
+        entry = _set(current[path[1]], path[2:], raw, full_key)
+        return dataclasses.replace(node, **{name: {**current, path[1]: entry}})
     if len(path) > 1:
         if isinstance(current, dict):  # free-form options (e.g. a head's config): parse as JSON
             return dataclasses.replace(node, **{name: {**current, ".".join(path[1:]): _parse_json(raw)}})

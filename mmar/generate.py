@@ -1,10 +1,14 @@
-"""Generation as plain functions: prefill the prompt, then fill one modality segment.
+"""Generation as plain functions: prefill a prompt, fill one modality segment, or continue text.
 
 Classifier-free guidance by batch doubling: rows [:N] carry the prompts, rows [N:] an empty text
 (left-padded, so every row's prompt ends in the last column); the head mixes the two halves
-itself and the drawn tokens are fed to both. The segment is filled one position at a time
-(next-token, flow) or one whole scale per transformer call (next-scale), with a static KV cache
-(gpt-fast) or, for testing, by recomputing the whole sequence every step (`use_cache=False`).
+itself and the drawn tokens are fed to both. A segment is filled one position at a time
+(next-token, flow; multi-codebook codes one pattern step at a time) or one whole scale per
+transformer call (next-scale), with a static KV cache (gpt-fast) or, for testing, by recomputing
+the whole sequence every step (`use_cache=False`). Text comes from the text head, one byte a step,
+until `<eos>`, an `<m:name>` token or a length limit; `choose_modality` lets the text head open
+the segment (`<m:name>` drawn from the open tokens only). Every drawn value enters the sequence
+through `MMAR.embed_tokens`, the same path training uses.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from mmar.layout import grid_positions, scale_positions
+from mmar import patterns
+from mmar.layout import EOS, grid_positions, scale_positions
 from mmar.model import MMAR
 from mmar.packing import Batch, Segment, pack
 
@@ -107,6 +112,10 @@ def prompt_batch(model: MMAR, prompts: list[torch.Tensor], modality: str, guided
     return pack(samples, model.layout)
 
 
+def _device(model: MMAR) -> torch.device:
+    return model.token_embedding.weight.device
+
+
 @torch.inference_mode()
 def generate(
     model: MMAR,
@@ -120,54 +129,60 @@ def generate(
 ) -> torch.Tensor:
     """Fill one `modality` segment after each byte prompt.
 
-    Returns codes (N, h, w) (next-token), flat multi-scale codes (N, L) (next-scale, which needs the
-    tokenizer's `teacher_inputs`), or latents (N, h, w, C) (flow).
+    Returns codes (N, *token_shape) (next-token; multi-codebook codes (N, *token_shape, Q) after
+    undoing the pattern), flat multi-scale codes (N, L) (next-scale, which needs the tokenizer's
+    `teacher_inputs`), or latents (N, *token_shape, C) (flow).
     """
+    if modality not in model.layout.modalities:
+        raise ValueError(f"this model has no modality {modality!r}; it has {sorted(model.layout.modalities)}")
     spec = model.layout.modalities[modality]
-    device = model.token_embedding.weight.device
+    if spec.kind == "scales" and teacher_inputs is None:
+        raise ValueError(f"next-scale generation of {modality!r} needs the tokenizer's teacher_inputs")
+    device = _device(model)
     batch = prompt_batch(model, prompts, modality, config.guided).to(device)
     generator = torch.Generator(device).manual_seed(config.seed)
     sequence = Sequence(model, batch, spec.num_tokens, use_cache, compile_step)
     start = batch.positions[:, -1, 0] + 1  # (B,) the grid opens one past <m>
     try:
         if spec.kind == "scales":
-            if teacher_inputs is None:
-                raise ValueError(f"next-scale generation of {modality!r} needs the tokenizer's teacher_inputs")
             return _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs)
         return _fill_causal(model, sequence, spec, start, config, generator)
     finally:
         sequence.close()
 
 
-def _sample(model: MMAR, name: str, hidden: torch.Tensor, config: SamplingConfig, scale: float, generator) -> torch.Tensor:
+def _sample(model: MMAR, name: str, hidden: torch.Tensor, config: SamplingConfig, scale: float, generator,
+            **options) -> torch.Tensor:
     """hidden (B, D) with B = 2N when guided -> (N, *target_shape)."""
     if config.guided and scale == 1.0:
         hidden = hidden[: hidden.shape[0] // 2]  # exactly 1: conditional rows alone
     return model.heads[name].sample(hidden, guidance_scale=scale, temperature=config.temperature, top_k=config.top_k,
-                                    top_p=config.top_p, generator=generator, **config.head_options)
+                                    top_p=config.top_p, generator=generator, **config.head_options, **options)
 
 
 def _fill_causal(model, sequence, spec, start, config, generator) -> torch.Tensor:
-    """Next-token or flow: one position per step, raster order."""
+    """Next-token or flow: one position (pattern step) per transformer call, raster order."""
     name, n = spec.name, spec.num_tokens
-    positions = grid_positions(spec.grid, start)  # (B, n, 3)
+    positions = grid_positions(spec.grid, start, n)  # (B, n, 3)
     copies = 2 if config.guided else 1
+    holes = patterns.hole_mask(spec.pattern, spec.num_cells, spec.num_codebooks).to(start.device) \
+        if spec.multi_codebook else None  # (n, Q)
     hidden, drawn = sequence.last_hidden, []  # (B, D)
     for i in range(n):
         token = _sample(model, name, hidden, config, config.guidance_at(i, n), generator)  # (N, ...)
+        if holes is not None:
+            token = token.masked_fill(holes[i], patterns.IGNORE)  # (N, Q) a hole stays a hole
         drawn.append(token)
         if i == n - 1:
             break
         if copies > 1:
             token = torch.cat([token] * copies)  # (B, ...)
-        if spec.kind == "codes":
-            x = model.token_embedding(model.layout.code_ids(name, token))  # (B, D)
-        else:
-            x = model.in_projections[name](token, torch.zeros(len(token), dtype=torch.long, device=token.device))  # (B, D)
+        x = model.embed_tokens(name, token)  # (B, D)
         hidden = sequence.extend(x[:, None], positions[:, i:i + 1], one_block=False)[:, -1]  # (B, D)
     out = torch.stack(drawn, dim=1)  # (N, n, ...)
-    _, h, w = spec.grid
-    return out.view(out.shape[0], h, w, *out.shape[2:]) if spec.grid[0] == 1 else out.view(out.shape[0], *spec.grid, *out.shape[2:])
+    if spec.multi_codebook:
+        out = patterns.deinterleave(spec.pattern, out, spec.num_cells)  # (N, cells, Q)
+    return out.reshape(out.shape[0], *spec.output_shape, *out.shape[2:])
 
 
 def _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs) -> torch.Tensor:
@@ -181,9 +196,79 @@ def _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs
         inputs = teacher_inputs(codes)[:, -h * w:]  # (N, h*w, C)
         inputs = inputs.repeat(copies, 1, 1)  # (B, h*w, C)
         scale = torch.full(inputs.shape[:2], k, dtype=torch.long, device=inputs.device)  # (B, h*w)
-        x = model.in_projections[name](inputs, scale)  # (B, h*w, D)
+        x = model.embed_tokens(name, inputs, scale)  # (B, h*w, D)
         hidden = sequence.extend(x, positions[:, offset:offset + h * w], one_block=True)  # (B, h*w, D)
         drawn = _sample(model, name, hidden.flatten(0, 1), config, config.guidance_at(k, len(scales)), generator)  # (N*h*w,)
         codes = torch.cat([codes, drawn.view(codes.shape[0], h * w)], dim=1)  # (N, offset + h*w)
         offset += h * w
     return codes
+
+
+# --- text ------------------------------------------------------------------------------------
+def _text_sequence(model: MMAR, samples: list[list[Segment]], extra: int, use_cache: bool) -> tuple[Sequence, torch.Tensor]:
+    """Prefill `samples` (each ending where text continues) -> (sequence, next text position (B,))."""
+    batch = pack(samples, model.layout).to(_device(model))
+    return Sequence(model, batch, extra, use_cache), batch.positions[:, -1, 0] + 1
+
+
+@torch.inference_mode()
+def generate_text(model: MMAR, samples: list[list[Segment]], config: SamplingConfig, *, max_new_tokens: int = 64,
+                  use_cache: bool = True) -> list[torch.Tensor]:
+    """Continue each sample with text from the text head -> one byte tensor (n_i,) per sample.
+
+    Drawn from bytes, `<eos>` and the `<m:…>` tokens only; a row stops at `<eos>`, at an `<m:…>`
+    (a segment would open: the text ends there) or after `max_new_tokens`. Temperature 0 is greedy.
+    No guidance: the text head is conditioned on everything before it.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    layout = model.layout
+    sequence, position = _text_sequence(model, samples, max_new_tokens, use_cache)
+    device = position.device
+    allowed = torch.zeros(layout.text_vocab_size, dtype=torch.bool, device=device)  # (V,)
+    allowed[layout.byte_offset:layout.text_vocab_size] = True
+    allowed[EOS] = True
+    allowed[layout.open_ids.to(device)] = True
+    stops = torch.cat([torch.tensor([EOS]), layout.open_ids]).to(device)  # (S,)
+    unguided = SamplingConfig(1.0, "constant", config.temperature, config.top_k, config.top_p, config.seed)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    hidden, drawn = sequence.last_hidden, []  # (B, D)
+    finished = torch.zeros(len(samples), dtype=torch.bool, device=device)  # (B,)
+    try:
+        for i in range(max_new_tokens):
+            token = _sample(model, "text", hidden, unguided, 1.0, generator, allowed=allowed)  # (B,)
+            finished = finished | torch.isin(token, stops)
+            drawn.append(torch.where(finished, EOS, token))
+            if i == max_new_tokens - 1 or bool(finished.all()):
+                break
+            x = model.embed_tokens("text", token)  # (B, D)
+            step_positions = (position + i).view(-1, 1, 1).expand(-1, 1, 3)  # (B, 1, 3)
+            hidden = sequence.extend(x[:, None], step_positions, one_block=False)[:, -1]  # (B, D)
+    finally:
+        sequence.close()
+    tokens = torch.stack(drawn, dim=1).cpu()  # (B, n)
+    return [row[: int((row == EOS).nonzero()[0]) if (row == EOS).any() else len(row)] - layout.byte_offset
+            for row in tokens]
+
+
+@torch.inference_mode()
+def choose_modality(model: MMAR, prompts: list[torch.Tensor], config: SamplingConfig,
+                    among: list[str] | None = None) -> list[str]:
+    """The text head picks which segment to open after each byte prompt -> a modality name per prompt.
+
+    `<m:name>` is drawn from the text head's distribution restricted to the open tokens of `among`
+    (default: every modality of the model), at the config's temperature (0: the most likely one).
+    """
+    layout = model.layout
+    names = list(layout.modalities) if among is None else among
+    unknown = sorted(set(names) - set(layout.modalities))
+    if unknown or not names:
+        raise ValueError(f"cannot choose among {names}: this model has {sorted(layout.modalities)}")
+    sequence, _ = _text_sequence(model, [[Segment("text", p.cpu())] for p in prompts], 0, use_cache=False)
+    device = sequence.last_hidden.device
+    allowed = torch.zeros(layout.text_vocab_size, dtype=torch.bool, device=device)  # (V,)
+    allowed[[layout.open_id[name] for name in names]] = True
+    unguided = SamplingConfig(1.0, "constant", config.temperature, 0, 1.0, config.seed)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    token = _sample(model, "text", sequence.last_hidden, unguided, 1.0, generator, allowed=allowed)  # (B,)
+    return [layout.modality_of_open(int(t)) for t in token]

@@ -2,8 +2,10 @@
 
 Ids, in order: special tokens (pad, bos, eos), per modality `<m:name>`, `</m:name>` and
 `<in:name>` (a vector-fed position), the 256 text bytes, then one disjoint code range per
-discrete modality and codebook level. Text and specials come first, so the text head's local
-targets are simply the shared ids below `text_vocab_size`.
+single-codebook discrete modality. Text and specials come first, so the text head's local
+targets are simply the shared ids below `text_vocab_size`. Multi-codebook codes (RVQ, Q > 1) sit
+at `<in:name>` positions and enter through the model's per-level `CodeEmbedding`, laid out in
+time by the modality's codebook pattern (`mmar/patterns.py`), so they need no id range.
 
 Positions are 3-axis (t, row, col), the only position signal (M-RoPE): text at p is (p, p, p); a
 grid that opens at p0 is (p0 + t, p0 + row, p0 + col); a next-scale scale places its cells at the
@@ -15,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from mmar import patterns
 
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 PAD, BOS, EOS = 0, 1, 2
@@ -30,20 +34,51 @@ class ModalitySpec:
     latent_channels: int  # C of vector inputs (teacher inputs or latents); 0 when fed by ids
     grid: tuple[int, int, int]  # (t, h, w) of the final token grid
     scales: tuple[tuple[int, int], ...] = field(default=())  # next-scale schedule, first (1, 1)
+    pattern: str = "flat"  # codebook pattern of multi-codebook codes (mmar/patterns.py)
+    token_shape: tuple[int, ...] = ()  # the tokenizer's own token_shape (what generation returns)
+    data_shape: tuple[int, ...] = ()  # one item of media the tokenizer reads, e.g. (3, 32, 32)
+    medium: str = "image"  # what decoded items are (the tokenizer's `modality`): picks the output writer
+
+    def __post_init__(self) -> None:
+        if len(self.grid) != 3 or min(self.grid) < 1:
+            raise ValueError(f"{self.name}: grid must be (t, h, w) with every axis >= 1, got {self.grid}")
+        patterns.num_steps(self.pattern, 1, 1)  # an unknown pattern is an error here
 
     @property
     def kind(self) -> str:
-        """'scales' (next-scale), 'vectors' (continuous, causal) or 'codes' (discrete, causal)."""
+        """What the head predicts: 'scales' (next-scale), 'vectors' (continuous) or 'codes' (discrete, causal)."""
         if self.scales:
             return "scales"
         return "vectors" if self.codebook_size == 0 else "codes"
 
     @property
-    def num_tokens(self) -> int:
-        if self.scales:
-            return sum(h * w for h, w in self.scales)
+    def multi_codebook(self) -> bool:
+        """Codes with Q > 1 levels per position: fed as (n, Q) through a CodeEmbedding, in pattern order."""
+        return self.kind == "codes" and self.num_codebooks > 1
+
+    @property
+    def num_cells(self) -> int:
+        """Cells of the final (t, h, w) grid."""
         t, h, w = self.grid
         return t * h * w
+
+    @property
+    def num_tokens(self) -> int:
+        """Positions of the segment body (pattern steps for multi-codebook codes)."""
+        if self.scales:
+            return sum(h * w for h, w in self.scales)
+        if self.multi_codebook:
+            return patterns.num_steps(self.pattern, self.num_cells, self.num_codebooks)
+        return self.num_cells
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one generated item: the tokenizer's token_shape.
+
+        Specs saved before token_shape was recorded were all images: their (h, w)."""
+        if self.scales:
+            return (self.num_tokens,)
+        return tuple(self.token_shape) if self.token_shape else tuple(self.grid[1:])
 
 
 class TokenLayout:
@@ -61,10 +96,11 @@ class TokenLayout:
         self.code_offset = {}
         next_id = self.text_vocab_size
         for name, spec in self.modalities.items():
-            if spec.kind == "codes":
+            if spec.kind == "codes" and not spec.multi_codebook:
                 self.code_offset[name] = next_id
                 next_id += spec.codebook_size * spec.num_codebooks
         self.vocab_size = next_id
+        self.open_ids = torch.tensor(list(self.open_id.values()), dtype=torch.long)  # (M,)
 
     def text_ids(self, byte_codes: torch.Tensor) -> torch.Tensor:
         return byte_codes + self.byte_offset
@@ -77,12 +113,19 @@ class TokenLayout:
         return next((name for name, i in self.open_id.items() if i == token_id), None)
 
 
-def grid_positions(grid: tuple[int, int, int], start: torch.Tensor) -> torch.Tensor:
-    """Positions of a (t, h, w) grid in raster order opening at `start` (B,) -> (B, t*h*w, 3) float."""
+def grid_positions(grid: tuple[int, int, int], start: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+    """Positions of a (t, h, w) grid in raster order opening at `start` (B,) -> (B, num_steps, 3) float.
+
+    `num_steps` beyond the t*h*w cells (a delay pattern's tail) continue the time axis past the last cell.
+    """
     t, h, w = grid
     axes = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
-    offsets = torch.stack([a.reshape(-1) for a in axes], dim=-1).to(start.device, torch.float32)  # (n, 3)
-    return start.view(-1, 1, 1).float() + offsets  # (B, n, 3)
+    offsets = torch.stack([a.reshape(-1) for a in axes], dim=-1).float()  # (n, 3)
+    extra = (num_steps or len(offsets)) - len(offsets)
+    if extra > 0:
+        tail = offsets[-1] + torch.arange(1, extra + 1).float()[:, None] * torch.tensor([1.0, 0.0, 0.0])  # (extra, 3)
+        offsets = torch.cat([offsets, tail])  # (num_steps, 3)
+    return start.view(-1, 1, 1).float() + offsets.to(start.device)  # (B, num_steps, 3)
 
 
 def scale_positions(scales: tuple[tuple[int, int], ...], grid: tuple[int, int, int], start: torch.Tensor) -> torch.Tensor:
@@ -100,4 +143,4 @@ def scale_positions(scales: tuple[tuple[int, int], ...], grid: tuple[int, int, i
 
 def segment_span(spec: ModalitySpec) -> int:
     """How far the text position advances over a segment's body (M-RoPE: the largest axis extent)."""
-    return max(spec.grid)
+    return max(spec.grid) + spec.num_tokens - spec.num_cells if spec.multi_codebook else max(spec.grid)

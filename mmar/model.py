@@ -1,9 +1,12 @@
 """MMAR: one shared causal transformer, the input embeddings of every modality, and the heads.
 
-`MMAR` owns every input embedding: ids go through one token table; `<in:name>` positions go
-through a per-tokenizer linear in-projection of float vectors (next-scale teacher inputs, flow
-latents), plus a learned scale embedding for next-scale. Training loss lives in `forward`;
-generation lives in `mmar/generate.py`. The transformer never branches on head type.
+`MMAR` owns every input embedding, and `embed_tokens` is the one place that turns a modality's
+values into embeddings, for training (`embed`) and generation alike: ids go through one token
+table; `<in:name>` positions go through a per-tokenizer linear in-projection of float vectors
+(next-scale teacher inputs, flow latents, plus a learned scale embedding for next-scale) or, for
+multi-codebook codes (n, Q), through a `CodeEmbedding` (the sum of per-level embeddings, MusicGen).
+Training loss lives in `forward`; generation lives in `mmar/generate.py`. The transformer never
+branches on head type.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from heads import HEADS, HeadOutput, HeadSpec
+from heads import HEADS, IGNORE_INDEX, HeadOutput, HeadSpec
 from mmar.layout import ModalitySpec, TokenLayout
 from mmar.packing import Batch
 from mmar.transformer import Transformer, TransformerConfig
@@ -43,7 +46,8 @@ class MMARConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MMARConfig":
         modalities = [
-            ModalitySpec(**{**m, "grid": tuple(m["grid"]), "scales": tuple(tuple(s) for s in m["scales"])})
+            ModalitySpec(**{**m, "grid": tuple(m["grid"]), "scales": tuple(tuple(s) for s in m["scales"]),
+                            "token_shape": tuple(m.get("token_shape", ())), "data_shape": tuple(m.get("data_shape", ()))})
             for m in values["modalities"]
         ]
         heads = {k: HeadChoice(**v) for k, v in values["heads"].items()}
@@ -62,6 +66,31 @@ class InProjection(nn.Module):
         return self.proj(values) + self.scale_embedding(scale)  # (N, D)
 
 
+def check_head(head: str, spec: ModalitySpec) -> None:
+    """A one-line ValueError when head `head` cannot predict `spec`'s tokens (checked before any encoding)."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; known: {sorted(HEADS)}")
+    kinds = HEADS[head].token_kinds
+    if spec.kind not in kinds:
+        described = {"codes": "discrete codes", "scales": "multi-scale codes", "vectors": "continuous latents"}
+        raise ValueError(f"head {head!r} predicts {' or '.join(described[k] for k in kinds)}, but the tokenizer of "
+                         f"{spec.name!r} gives {described[spec.kind]}; pick a head among "
+                         f"{sorted(h for h, c in HEADS.items() if spec.kind in c.token_kinds)}")
+
+
+class CodeEmbedding(nn.Module):
+    """Multi-codebook codes (N, Q) -> (N, D): the sum of one embedding per level; -100 (a hole) has its own."""
+
+    def __init__(self, codebook_size: int, num_codebooks: int, dim: int) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.levels = nn.ModuleList(nn.Embedding(codebook_size + 1, dim) for _ in range(num_codebooks))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        codes = codes.long().masked_fill(codes == IGNORE_INDEX, self.codebook_size)  # (N, Q) holes -> last row
+        return sum(level(codes[:, q]) for q, level in enumerate(self.levels))  # (N, D)
+
+
 class MMAR(nn.Module):
     def __init__(self, config: MMARConfig) -> None:
         super().__init__()
@@ -74,8 +103,12 @@ class MMAR(nn.Module):
             spec.name: InProjection(spec.latent_channels, dim, len(spec.scales))
             for spec in config.modalities if spec.kind != "codes"
         })
+        self.code_embeddings = nn.ModuleDict({
+            spec.name: CodeEmbedding(spec.codebook_size, spec.num_codebooks, dim)
+            for spec in config.modalities if spec.multi_codebook
+        })
         self.heads = nn.ModuleDict({name: self._make_head(name, choice) for name, choice in config.heads.items()})
-        for part in (self.token_embedding, self.transformer, self.in_projections):  # heads init themselves
+        for part in (self.token_embedding, self.transformer, self.in_projections, self.code_embeddings):
             part.apply(self._init_weights)
         for name, parameter in self.transformer.named_parameters():
             if name.endswith(("attention.out.weight", "mlp.down.weight")):  # GPT-2 scaled residual init
@@ -89,7 +122,10 @@ class MMAR(nn.Module):
         if modality == "text":
             spec = HeadSpec(dim=dim, codebook_size=self.layout.text_vocab_size)
         else:
+            if modality not in self.layout.modalities:
+                raise ValueError(f"a head for {modality!r}, which is not among the modalities {sorted(self.layout.modalities)}")
             m = self.layout.modalities[modality]
+            check_head(choice.name, m)
             spec = HeadSpec(dim=dim, codebook_size=m.codebook_size, num_codebooks=max(m.num_codebooks, 1),
                             latent_channels=m.latent_channels if m.kind == "vectors" else 0)
         return head_class(head_class.Config(**choice.config), spec)
@@ -102,15 +138,34 @@ class MMAR(nn.Module):
                 nn.init.zeros_(module.bias)
 
     # --- embeddings ------------------------------------------------------------------------
+    def embed_tokens(self, name: str, values: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The one input path: values of modality `name` -> embeddings (..., D).
+
+        "text" (or "ids"): shared ids (...) through the token table; a single-codebook modality:
+        local codes (...) through the token table at its code range; multi-codebook: codes (..., Q)
+        through its CodeEmbedding; continuous or next-scale: vectors (..., C) through its
+        in-projection, with `scale` (...) the scale index of each vector (0 when None).
+        """
+        if name in ("text", "ids"):
+            return self.token_embedding(values)  # (..., D)
+        spec = self.layout.modalities[name]
+        if spec.multi_codebook:
+            return self.code_embeddings[name](values.reshape(-1, spec.num_codebooks)).view(*values.shape[:-1], -1)
+        if spec.kind == "codes":
+            return self.token_embedding(self.layout.code_ids(name, values))  # (..., D)
+        if scale is None:
+            scale = torch.zeros(values.shape[:-1], dtype=torch.long, device=values.device)  # (...)
+        dtype = self.token_embedding.weight.dtype
+        return self.in_projections[name](values.to(dtype), scale)  # (..., D)
+
     def embed(self, ids: torch.Tensor, vectors: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """ids (B, T) + vectors {name: (flat index (N,), values (N, C), scale (N,))} -> (B, T, D)."""
-        x = self.token_embedding(ids)  # (B, T, D)
+        """ids (B, T) + vectors {name: (flat index (N,), values (N, C) or codes (N, Q), scale (N,))} -> (B, T, D)."""
+        x = self.embed_tokens("ids", ids)  # (B, T, D)
         if not vectors:
             return x
         flat = x.flatten(0, 1)  # (B*T, D)
         for name, (index, values, scale) in vectors.items():
-            projected = self.in_projections[name](values.to(flat.dtype), scale)  # (N, D)
-            flat = flat.index_copy(0, index, projected.to(flat.dtype))
+            flat = flat.index_copy(0, index, self.embed_tokens(name, values, scale).to(flat.dtype))  # (B*T, D)
         return flat.view_as(x)
 
     # --- training ---------------------------------------------------------------------------

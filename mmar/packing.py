@@ -7,8 +7,12 @@ A sample is a list of `Segment`s, text first. `pack` owns all alignment:
 - a next-scale segment (VAR): the `<m:name>` position predicts scale 1, and scale k's input
   vectors (the tokenizer's teacher inputs) predict scale k's codes at the same positions; all
   positions of one scale share one block id, so attention inside a scale is full;
+- multi-codebook codes (n, Q) are laid out in steps by the modality's pattern (`mmar/patterns.py`,
+  holes are -100) at `<in:name>` positions, shifted by one like any causal segment;
 - `</m:name>` closes every complete segment and is never a target;
-- a segment whose `targets` is None only opens the modality (a generation prompt).
+- a segment whose `targets` is None only opens the modality (a generation prompt);
+- `learn=False` makes a segment context only (no position predicts it: a caption task's media);
+- `end=True` on a text segment closes the sample with `<eos>`, which the text head learns.
 
 Block ids are column indices of the padded row (a scale shares its first column's id); padding
 has PAD_BLOCK. Rows are left-padded so every prompt ends in the last column.
@@ -20,19 +24,22 @@ from typing import NamedTuple
 
 import torch
 
-from mmar.layout import BOS, PAD, TokenLayout, grid_positions, scale_positions, segment_span
+from mmar import patterns
+from mmar.layout import BOS, EOS, PAD, TokenLayout, grid_positions, scale_positions, segment_span
 from mmar.transformer import PAD_BLOCK
 
 
 class Segment(NamedTuple):
     modality: str  # "text" or a tokenizer name of the layout
-    targets: torch.Tensor | None  # text: bytes (n,); codes (*grid); latents (*grid, C); scales: codes (L,)
+    targets: torch.Tensor | None  # text: bytes (n,); codes (*token_shape); latents (..., C); scales: codes (L,)
     inputs: torch.Tensor | None = None  # scales only: teacher inputs (L - 1, C)
+    learn: bool = True  # False: context only, no position predicts this segment
+    end: bool = False  # text only: close the sample with <eos> (predicted by the text head)
 
 
 class VectorInput(NamedTuple):
     index: torch.Tensor  # (N,) flat index into B*T
-    values: torch.Tensor  # (N, C)
+    values: torch.Tensor  # (N, C) float vectors, or (N, Q) long codes of a multi-codebook modality
     scale: torch.Tensor  # (N,) long: scale index of each vector (0 for causal vectors)
 
 
@@ -80,8 +87,9 @@ class _Row:
         self.cursor += len(ids)
         return self.emit(ids, positions)
 
-    def target(self, head: str, index: torch.Tensor, values: torch.Tensor) -> None:
-        self.targets.setdefault(head, []).append((index, values))
+    def target(self, head: str, index: torch.Tensor, values: torch.Tensor, learn: bool = True) -> None:
+        if learn:
+            self.targets.setdefault(head, []).append((index, values))
 
 
 def pack(samples: list[list[Segment]], layout: TokenLayout, length: int | None = None) -> Batch:
@@ -122,8 +130,10 @@ def _layout_sample(sample: list[Segment], layout: TokenLayout) -> _Row:
     for segment in sample:
         if segment.modality == "text":
             ids = layout.text_ids(segment.targets.long())  # (n,)
+            if segment.end:
+                ids = torch.cat([ids, torch.tensor([EOS])])  # (n + 1,)
             index = row.emit_text(ids)
-            row.target("text", index - 1, ids)
+            row.target("text", index - 1, ids, segment.learn)
         elif segment.modality in layout.modalities:
             _layout_modality(row, segment, layout)
         else:
@@ -133,42 +143,49 @@ def _layout_sample(sample: list[Segment], layout: TokenLayout) -> _Row:
 
 def _layout_modality(row: _Row, segment: Segment, layout: TokenLayout) -> None:
     spec = layout.modalities[segment.modality]
-    name = spec.name
+    name, learn = spec.name, segment.learn
     open_index = row.emit_text(torch.tensor([layout.open_id[name]]))
-    row.target("text", open_index - 1, torch.tensor([layout.open_id[name]]))
+    row.target("text", open_index - 1, torch.tensor([layout.open_id[name]]), learn)
     if segment.targets is None:
         return  # only opened: generation continues from here
     start = torch.tensor([float(row.cursor)])  # (1,) the grid opens one past <m>
+    n = spec.num_tokens
     if spec.kind == "scales":
         codes = segment.targets.reshape(-1)  # (L,)
-        if len(codes) != spec.num_tokens or segment.inputs is None or len(segment.inputs) != spec.num_tokens - 1:
-            raise ValueError(f"{name}: next-scale segment needs {spec.num_tokens} codes and {spec.num_tokens - 1} input vectors")
-        row.target(name, open_index, codes[:1])  # <m> predicts scale 1 (1x1)
+        if len(codes) != n or segment.inputs is None or len(segment.inputs) != n - 1:
+            raise ValueError(f"{name}: next-scale segment needs {n} codes and {n - 1} input vectors")
+        row.target(name, open_index, codes[:1], learn)  # <m> predicts scale 1 (1x1)
         positions = scale_positions(spec.scales, spec.grid, start)[0, 1:]  # (L-1, 3)
         sizes = [h * w for h, w in spec.scales[1:]]
         scale_index = torch.repeat_interleave(torch.arange(1, len(spec.scales)), torch.tensor(sizes))  # (L-1,)
         first = row.length + torch.cumsum(torch.tensor([0] + sizes[:-1]), 0)  # (K-1,) first column of each scale
         block = torch.repeat_interleave(first, torch.tensor(sizes))  # (L-1,)
-        index = row.emit(torch.full((len(codes) - 1,), layout.input_id[name]), positions, block)
+        index = row.emit(torch.full((n - 1,), layout.input_id[name]), positions, block)
         row.vectors.setdefault(name, []).append((index, segment.inputs, scale_index))
-        row.target(name, index, codes[1:])
+        row.target(name, index, codes[1:], learn)
     else:
-        t, h, w = spec.grid
-        if spec.kind == "codes":
-            codes = segment.targets.reshape(t * h * w)  # (n,)
-            index = row.emit(layout.code_ids(name, codes), grid_positions(spec.grid, start)[0])
-            row.target(name, index - 1, codes)
+        positions = grid_positions(spec.grid, start, n)[0]  # (n, 3)
+        if spec.multi_codebook:
+            codes = segment.targets.reshape(spec.num_cells, spec.num_codebooks)  # (cells, Q)
+            steps = patterns.interleave(spec.pattern, codes)  # (n, Q) with -100 holes
+            index = row.emit(torch.full((n,), layout.input_id[name]), positions)
+            row.vectors.setdefault(name, []).append((index, steps, torch.zeros(n, dtype=torch.long)))
+            row.target(name, index - 1, steps, learn)
+        elif spec.kind == "codes":
+            codes = segment.targets.reshape(n)  # (n,)
+            index = row.emit(layout.code_ids(name, codes), positions)
+            row.target(name, index - 1, codes, learn)
         else:
-            latents = segment.targets.reshape(t * h * w, spec.latent_channels)  # (n, C)
-            index = row.emit(torch.full((t * h * w,), layout.input_id[name]), grid_positions(spec.grid, start)[0])
-            row.vectors.setdefault(name, []).append((index, latents, torch.zeros(len(index), dtype=torch.long)))
-            row.target(name, index - 1, latents)
+            latents = segment.targets.reshape(n, spec.latent_channels)  # (n, C)
+            index = row.emit(torch.full((n,), layout.input_id[name]), positions)
+            row.vectors.setdefault(name, []).append((index, latents, torch.zeros(n, dtype=torch.long)))
+            row.target(name, index - 1, latents, learn)
     row.cursor += segment_span(spec)
     row.emit_text(torch.tensor([layout.close_id[name]]))
 
 
 def unpack(batch: Batch, layout: TokenLayout) -> list[list[Segment]]:
-    """Inverse of `pack`: the segments of every row (grids come back in their (h, w) or (t, h, w) shape)."""
+    """Inverse of `pack` (up to `learn`): the segments of every row, bodies in the tokenizer's token_shape."""
     num_rows, total = batch.ids.shape
     dense_targets = {name: _dense(t.index, t.target, num_rows * total) for name, t in batch.targets.items()}
     dense_vectors = {name: _dense(v.index, v.values, num_rows * total) for name, v in batch.vectors.items()}
@@ -179,6 +196,10 @@ def unpack(batch: Batch, layout: TokenLayout) -> list[list[Segment]]:
         segments, text = [], []
         while column < total:
             token = ids[column]
+            if token == EOS:
+                segments.append(Segment("text", torch.tensor(text, dtype=torch.long), end=True))
+                text, column = None, column + 1
+                break
             name = layout.modality_of_open(token)
             if name is None:
                 text.append(token - layout.byte_offset)
@@ -189,7 +210,7 @@ def unpack(batch: Batch, layout: TokenLayout) -> list[list[Segment]]:
             segment, column = _unpack_modality(layout.modalities[name], layout, batch.ids[b], b * total, column,
                                                dense_targets.get(name), dense_vectors.get(name))
             segments.append(segment)
-        if text or not segments:
+        if text is not None and (text or not segments):
             segments.append(Segment("text", torch.tensor(text, dtype=torch.long)))
         samples.append(segments)
     return samples
@@ -203,8 +224,7 @@ def _dense(index: torch.Tensor, values: torch.Tensor, size: int) -> torch.Tensor
 
 def _unpack_modality(spec, layout, row_ids, row_start, open_column, targets, vectors):
     """-> (Segment, next column) for the modality opened at `open_column`."""
-    t, h, w = spec.grid
-    grid = (h, w) if t == 1 else (t, h, w)
+    shape = spec.output_shape
     first = open_column + 1
     if first >= len(row_ids) or row_ids[first] == layout.close_id[spec.name]:
         return Segment(spec.name, None), first
@@ -213,8 +233,11 @@ def _unpack_modality(spec, layout, row_ids, row_start, open_column, targets, vec
     if spec.kind == "scales":
         codes = torch.cat([targets[row_start + open_column: row_start + open_column + 1], targets[body]])  # (L,)
         segment = Segment(spec.name, codes, vectors[body])
+    elif spec.multi_codebook:
+        codes = patterns.deinterleave(spec.pattern, vectors[body], spec.num_cells)  # (cells, Q)
+        segment = Segment(spec.name, codes.reshape(shape))
     elif spec.kind == "codes":
-        segment = Segment(spec.name, (row_ids[first:first + n] - layout.code_offset[spec.name]).view(grid))
+        segment = Segment(spec.name, (row_ids[first:first + n] - layout.code_offset[spec.name]).reshape(shape))
     else:
-        segment = Segment(spec.name, vectors[body].view(*grid, spec.latent_channels))
+        segment = Segment(spec.name, vectors[body].reshape(*shape, spec.latent_channels))
     return segment, first + n + 1  # past </m>

@@ -1,12 +1,15 @@
-"""A text-to-X pipeline: the tokenizers, the MMAR model and the routing, saved as one folder.
+"""A text-to-anything pipeline: the tokenizers, the MMAR model and the routing, saved as one folder.
 
-    pipeline.json            components, routing, and the SHA-256 of every weights file
+    pipeline.json            format, modalities, routing, and the SHA-256 of every weights file
     model/                   config.json + model.safetensors (the EMA weights after training)
     tokenizers/<name>/       config.json + model.safetensors, one per modality (text included)
 
 `from_pretrained` verifies the hashes, so a truncated or altered file is a clear error; nothing is
-unpickled. Calling the pipeline with a prompt returns PIL images; the head type comes from the
-saved routing, so callers never say which head a pipeline uses.
+unpickled. `pipe(prompt, modality=...)` returns that modality's objects (PIL images for images,
+decoded tensors for other media, which `mmar.media` writes to files); with `modality=None` a
+one-modality pipeline uses its modality and a many-modality one lets the text head choose.
+`pipe.caption(images)` returns text from the text head. The head type comes from the saved
+routing, so callers never say which head a pipeline uses.
 """
 
 from __future__ import annotations
@@ -14,46 +17,75 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from mmar.files import file_hashes, verify_hashes
-from mmar.generate import SamplingConfig, generate
-from mmar.images import to_pil
+from mmar.generate import SamplingConfig, choose_modality, generate, generate_text
+from mmar.images import from_pil, to_pil
 from mmar.layout import ModalitySpec
 from mmar.model import MMAR
+from mmar.packing import Segment
 from tokenizers_vq import Tokenizer, load_tokenizer
 
 FORMAT = "mmar-pipeline/1"
 
 
-def modality_spec(name: str, tokenizer: Tokenizer, data_shape: tuple[int, ...]) -> ModalitySpec:
-    """Describe a trained tokenizer's token stream for the layout."""
-    shape = tokenizer.token_shape(data_shape)
+def modality_spec(name: str, tokenizer: Tokenizer, data_shape: tuple[int, ...], pattern: str = "flat") -> ModalitySpec:
+    """Describe a trained tokenizer's token stream for the layout (grids always (t, h, w))."""
+    shape = tuple(tokenizer.token_shape(data_shape))
     scales = tuple(tuple(s) for s in getattr(tokenizer, "scales", ()))
     if scales:
         grid = (1, *scales[-1])
     else:
-        grid = (1, *shape) if len(shape) == 2 else tuple(shape)
-    return ModalitySpec(name, tokenizer.codebook_size, tokenizer.num_codebooks, tokenizer.latent_channels, grid, scales)
+        # (h, w) -> (1, h, w); a sequence (T,) (audio frames) runs along the time axis: (T, 1, 1)
+        grid = (shape[0], 1, 1) if len(shape) == 1 else (1,) * (3 - len(shape)) + shape
+    return ModalitySpec(name, tokenizer.codebook_size, tokenizer.num_codebooks, tokenizer.latent_channels, grid, scales,
+                        pattern=pattern, token_shape=shape, data_shape=tuple(data_shape), medium=tokenizer.modality)
+
+
+def _to_output(medium: str, item: torch.Tensor) -> Any:
+    """One decoded item -> what a user holds: a PIL image for images, else the tensor (mmar.media writes it)."""
+    return to_pil(item) if medium == "image" else item.cpu()
 
 
 class Pipeline:
-    def __init__(self, model: MMAR, tokenizers: dict[str, Tokenizer]) -> None:
+    def __init__(self, model: MMAR, tokenizers: dict[str, Tokenizer], sources: dict[str, str] | None = None) -> None:
+        """`sources`: the data source each modality was trained on (picks its checker in `mmar eval`)."""
         missing = sorted(set(model.config.heads) - set(tokenizers))
         if missing:
             raise ValueError(f"the pipeline lacks tokenizers for {missing}")
-        self.model, self.tokenizers = model, tokenizers
+        self.model, self.tokenizers, self.sources = model, tokenizers, dict(sources or {})
+
+    @property
+    def modalities(self) -> list[str]:
+        """What this pipeline can generate (every routed modality but text), in layout order."""
+        return [name for name in self.model.layout.modalities if name in self.model.config.heads]
 
     @property
     def modality(self) -> str:
-        """The generated (non-text) modality."""
-        return next(name for name in self.model.config.heads if name != "text")
+        """The generated modality of a one-modality pipeline (an error when there are several)."""
+        if len(self.modalities) != 1:
+            raise ValueError(f"this pipeline generates {self.modalities}; say which with modality=...")
+        return self.modalities[0]
+
+    def head_of(self, modality: str) -> str:
+        return self.model.config.heads[self._check(modality)].name
 
     @property
     def head(self) -> str:
-        return self.model.config.heads[self.modality].name
+        """The head of a one-modality pipeline."""
+        return self.head_of(self.modality)
+
+    def spec(self, modality: str) -> ModalitySpec:
+        return self.model.layout.modalities[self._check(modality)]
+
+    def _check(self, modality: str) -> str:
+        if modality not in self.modalities:
+            raise ValueError(f"this pipeline has no modality {modality!r}; it has {', '.join(self.modalities)}")
+        return modality
 
     @property
     def device(self) -> torch.device:
@@ -69,6 +101,7 @@ class Pipeline:
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the pipeline folder atomically (a temporary folder renamed into place)."""
         directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
         temporary = directory.with_name(f".tmp-{directory.name}")
         shutil.rmtree(temporary, ignore_errors=True)
         self.model.save_pretrained(temporary / "model")
@@ -77,8 +110,9 @@ class Pipeline:
         files = sorted(str(p.relative_to(temporary)) for p in temporary.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
-            "modality": self.modality,
+            "modalities": self.modalities,
             "routing": {name: choice.name for name, choice in self.model.config.heads.items()},
+            "sources": self.sources,
             "components": {"model": "model", **{name: f"tokenizers/{name}" for name in self.tokenizers}},
             "sha256": file_hashes(temporary, files),
         }
@@ -106,13 +140,13 @@ class Pipeline:
         model = MMAR.from_pretrained(directory / manifest["components"]["model"])
         tokenizers = {name: load_tokenizer(directory / path)
                       for name, path in manifest["components"].items() if name != "model"}
-        return cls(model, tokenizers).to(device)
+        return cls(model, tokenizers, manifest.get("sources")).to(device)
 
     # --- generation ---------------------------------------------------------------------------
-    def encode_prompts(self, prompts: list[str]) -> list[torch.Tensor]:
+    def encode_prompts(self, prompts: list[str], modality: str | None = None) -> list[torch.Tensor]:
         """Validate and byte-encode prompts; a ValueError saying what is wrong."""
-        spec = self.model.layout.modalities[self.modality]
-        budget = self.model.config.transformer.max_len - spec.num_tokens - 3  # <bos>, <m>, </m>
+        longest = max(self.spec(m).num_tokens for m in ([modality] if modality else self.modalities))
+        budget = self.model.config.transformer.max_len - longest - 3  # <bos>, <m>, </m>
         encoded = []
         for prompt in prompts:
             if not isinstance(prompt, str) or not prompt.strip():
@@ -120,28 +154,103 @@ class Pipeline:
             size = len(prompt.encode("utf-8", errors="surrogateescape"))
             if size > budget:
                 raise ValueError(f"the prompt is {size} bytes; this model's context leaves room for {budget}")
-            codes = self.tokenizers["text"].encode(prompt)  # (n,)
-            encoded.append(codes)
+            encoded.append(self.tokenizers["text"].encode(prompt))  # (n,)
         return encoded
 
-    @torch.no_grad()
-    def generate_tokens(self, prompts: list[str], config: SamplingConfig, use_cache: bool = True,
-                        compile_step: bool = False) -> torch.Tensor:
-        tokenizer = self.tokenizers[self.modality]
-        teacher_inputs = getattr(tokenizer, "teacher_inputs", None)
-        return generate(self.model, [p.to(self.device) for p in self.encode_prompts(prompts)], self.modality, config,
-                        teacher_inputs=teacher_inputs, use_cache=use_cache, compile_step=compile_step)
+    def choose(self, prompts: list[str], *, temperature: float = 1.0, seed: int = 0) -> list[str]:
+        """The modality the text head opens after each prompt (a one-modality pipeline: always it)."""
+        if len(self.modalities) == 1:
+            return [self.modalities[0]] * len(prompts)
+        encoded = [p.to(self.device) for p in self.encode_prompts(prompts)]
+        return choose_modality(self.model, encoded, SamplingConfig(temperature=temperature, seed=seed), self.modalities)
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, guidance_scale: float = 3.0,
-                 guidance_schedule: str = "constant", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: int = 0, **head_options) -> list[Image.Image]:
-        """Generate `num_images_per_prompt` images for each prompt -> PIL images, prompt-major order."""
+    def generate_tokens(self, prompts: list[str], config: SamplingConfig, modality: str | None = None,
+                        use_cache: bool = True, compile_step: bool = False) -> torch.Tensor:
+        modality = self._check(modality) if modality else self.modality
+        tokenizer = self.tokenizers[modality]
+        teacher_inputs = getattr(tokenizer, "teacher_inputs", None)
+        prompts = [p.to(self.device) for p in self.encode_prompts(prompts, modality)]
+        return generate(self.model, prompts, modality, config, teacher_inputs=teacher_inputs, use_cache=use_cache,
+                        compile_step=compile_step)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, modality: str | None = None,
+                 guidance_scale: float = 3.0, guidance_schedule: str = "constant", temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, **head_options) -> list[Any]:
+        """Generate `num_images_per_prompt` items for each prompt, prompt-major order.
+
+        `modality=None`: a one-modality pipeline uses its modality; otherwise the text head picks one
+        per item (`choose`), and `self.last_modalities` says which.
+        """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if num_images_per_prompt < 1:
-            raise ValueError(f"the number of images must be at least 1, got {num_images_per_prompt}")
+            raise ValueError(f"the number of samples must be at least 1, got {num_images_per_prompt}")
         config = SamplingConfig(guidance_scale, guidance_schedule, temperature, top_k, top_p, seed, head_options)
         repeated = [p for p in prompts for _ in range(num_images_per_prompt)]
-        tokens = self.generate_tokens(repeated, config)
-        images = self.tokenizers[self.modality].decode(tokens)  # (N, 3, H, W)
-        return [to_pil(image) for image in images]
+        chosen = [self._check(modality)] * len(repeated) if modality else self.choose(repeated, seed=seed)
+        if head_options and any(self.head_of(m) != "flow_matching" for m in set(chosen)):
+            raise ValueError(f"sampling options {sorted(head_options)} are for the flow_matching head; "
+                             f"{sorted(set(chosen))} use {sorted({self.head_of(m) for m in chosen})}")
+        outputs: list[Any] = [None] * len(repeated)
+        for name in dict.fromkeys(chosen):  # each chosen modality once, in first-seen order
+            rows = [i for i, m in enumerate(chosen) if m == name]
+            tokens = self.generate_tokens([repeated[i] for i in rows], config, name)
+            decoded = self.tokenizers[name].decode(tokens)  # (n, *data_shape)
+            for i, item in zip(rows, decoded):
+                outputs[i] = _to_output(self.spec(name).medium, item)
+        self.last_modalities = chosen
+        return outputs
+
+    # --- captioning ---------------------------------------------------------------------------
+    def caption_modality(self, medium: str = "image") -> str:
+        """The modality whose tokenizer reads `medium` for captioning (the first such, in layout order)."""
+        for name in self.modalities:
+            if self.spec(name).medium == medium:
+                return name
+        raise ValueError(f"this pipeline has no {medium} tokenizer to caption with; it has {self.modalities}")
+
+    @torch.no_grad()
+    def caption(self, media: Image.Image | torch.Tensor | list, *, modality: str | None = None,
+                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                max_new_tokens: int = 64) -> list[str]:
+        """Describe each item -> one caption per item, from the text head (temperature 0 = greedy).
+
+        Images may be PIL images or tensors (3, H, W) / (B, 3, H, W) in [-1, 1]; they are resized
+        to the tokenizer's size. The item is encoded, laid out as a segment after an empty text,
+        and the text head writes what follows `</m>` until `<eos>`.
+        """
+        modality = self._check(modality) if modality else self.caption_modality()
+        spec, tokenizer = self.spec(modality), self.tokenizers[modality]
+        data = self._media_batch(media, spec)  # (B, *data_shape)
+        tokens = tokenizer.encode(data)  # (B, ...)
+        inputs = tokenizer.teacher_inputs(tokens).float().cpu() if spec.kind == "scales" else None
+        empty = torch.zeros(0, dtype=torch.long)
+        samples = [[Segment("text", empty), Segment(modality, tokens[i].cpu(), None if inputs is None else inputs[i])]
+                   for i in range(len(tokens))]
+        budget = self.model.config.transformer.max_len - spec.num_tokens - 3
+        config = SamplingConfig(1.0, "constant", temperature, top_k, top_p, seed)
+        texts = generate_text(self.model, samples, config, max_new_tokens=max(1, min(max_new_tokens, budget)))
+        return [self.tokenizers["text"].decode(t.clamp(0, 255)) for t in texts]
+
+    def _media_batch(self, media, spec: ModalitySpec) -> torch.Tensor:
+        if spec.medium != "image":
+            items = media if isinstance(media, torch.Tensor) else torch.stack(list(media))
+            return items.to(self.device)
+        size = spec.data_shape[-1] if spec.data_shape else None
+        if isinstance(media, (Image.Image, torch.Tensor)):
+            media = [media] if isinstance(media, Image.Image) or media.dim() == 3 else list(media.unbind(0))
+        if not media:
+            raise ValueError("nothing to caption: no images")
+        images = []
+        for item in media:
+            if isinstance(item, Image.Image):
+                images.append(from_pil(item, size))
+            elif isinstance(item, torch.Tensor) and item.dim() == 3 and item.shape[0] == 3:
+                resized = item if size is None or item.shape[-2:] == (size, size) else \
+                    torch.nn.functional.interpolate(item[None].float(), size=(size, size), mode="bicubic")[0]
+                images.append(resized.clamp(-1, 1))
+            else:
+                raise ValueError(f"expected PIL images or tensors (3, H, W) in [-1, 1], got {type(item).__name__}"
+                                 f"{tuple(item.shape) if isinstance(item, torch.Tensor) else ''}")
+        return torch.stack(images).float().to(self.device)  # (B, 3, H, W)

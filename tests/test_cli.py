@@ -72,8 +72,9 @@ def test_missing_and_incomplete_model(tmp_path):
 
 
 @pytest.mark.parametrize("item, needle", [("optim.stepz=1", "unknown config key"), ("optim.steps=x", "expects int")])
-def test_bad_overrides(tmp_path, item, needle):
-    result = run("train", "--tokenizer", str(tmp_path), "--out", str(tmp_path / "o"), "--set", item)
+def test_bad_overrides(model_dir, tmp_path, item, needle):
+    tokenizer = model_dir / "tokenizers" / "image"
+    result = run("train", "--tokenizer", str(tokenizer), "--out", str(tmp_path / "o"), "--set", item)
     _assert_one_line_error(result, needle)
 
 

@@ -20,7 +20,7 @@ def test_tiny_quickstart_writes_everything(head, tmp_path):
     saved = json.loads((out / "report.json").read_text())
     assert saved["prompt_following"]["count"] == 4 and set(saved["prompt_following"]) >= {"color", "shape", "position", "all"}
     assert 0 <= report["prompt_following"]["all"] <= 1 and saved["tokenizer"]["psnr"] > 0
-    assert report["head"] == head and Pipeline.from_pretrained(out / "pipeline").head == head
+    assert report["heads"] == {"image": head} and Pipeline.from_pretrained(out / "pipeline").head == head
 
 
 def test_quickstart_command_with_another_head(tmp_path):
@@ -30,4 +30,4 @@ def test_quickstart_command_with_another_head(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "all three" in result.stdout and f"mmar generate --model {out / 'pipeline'}" in result.stdout
-    assert json.loads((out / "report.json").read_text())["head"] == "next_scale"
+    assert json.loads((out / "report.json").read_text())["heads"] == {"image": "next_scale"}

@@ -28,7 +28,8 @@ def tokenizer_dir(tmp_path_factory):
 
 def _config(out, tokenizer_dir, steps=6, **run):
     config = tiny_ar("next_token", str(out), str(tokenizer_dir))
-    config.data = dataclasses.replace(config.data, num_items=64)
+    image = config.modalities["image"]
+    image.data = dataclasses.replace(image.data, num_items=64)
     config.optim = dataclasses.replace(config.optim, steps=steps)
     config.run = RunConfig(log_every=1, sample_every=0, checkpoint_every=3, progress=False, **run)
     return config

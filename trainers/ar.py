@@ -1,15 +1,19 @@
-"""The autoregressive training loop: one shared transformer, any head, on pre-tokenized data.
+"""The autoregressive training loop: one shared transformer over a mixture of modality runs.
 
-Top to bottom: encode the data once with the frozen tokenizer, build the MMAR model from the
-tokenizer's token stream, then for every step: take this rank's share of a seeded permutation,
-drop captions for classifier-free guidance, pack, sum each head's loss over micro-batches and
-divide by the global target count (over micro-batches and ranks), clip, skip non-finite steps,
-update EMA, log, sample, checkpoint. The pipeline is exported with the EMA weights.
+Top to bottom: load every run's frozen tokenizer and check its head can predict its tokens, encode
+each data source once (cached by the tokenizer's SHA-256 and the data config), build ONE MMAR model
+over all of them, then for every step: draw this rank's share of the seeded mixture order
+(modality, task, item), drop captions for classifier-free guidance, lay every sample out as its
+task says (generate: text then the modality; caption: the modality then its text), pack the mixed
+batch, sum each head's loss over micro-batches and divide by the global target count (over
+micro-batches and ranks), weight per head, clip, skip non-finite steps, update EMA, log, sample,
+checkpoint. The pipeline is exported with the EMA weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,95 +24,175 @@ import torch
 from tqdm.auto import tqdm
 
 from mmar.config import save_json
-from mmar.data import make_source
-from mmar.data.tokenized import TokenizedDataset, encode_dataset
-from mmar.generate import SamplingConfig
+from mmar.data import DATA_SOURCES, make_source
+from mmar.data.tokenized import TokenizedDataset, encode_dataset, stale_reason, tokens_identity
 from mmar.images import captioned_grid, save_atomic
-from mmar.model import MMAR, HeadChoice, MMARConfig
+from mmar.model import MMAR, HeadChoice, MMARConfig, check_head
 from mmar.packing import Segment, pack
 from mmar.pipeline import Pipeline, modality_spec
 from mmar.transformer import TransformerConfig
 from tokenizers_vq import TOKENIZERS, load_tokenizer
 from trainers.checkpoint import load_latest, save_checkpoint
-from trainers.common import (EMA, DataConfig, DataOrder, MetricsLog, NonFiniteGuard, OptimConfig, RunConfig,
-                             learning_rate, make_accelerator, make_optimizer, rank_slice, record_ranks,
-                             restore, seeded_generator)
+from trainers.common import (EMA, DataConfig, MetricsLog, NonFiniteGuard, OptimConfig, RunConfig, learning_rate,
+                             make_accelerator, make_optimizer, rank_slice, record_ranks, restore, seeded_generator)
+from trainers.mixture import MixtureOrder
 
 logger = logging.getLogger(__name__)
+EMPTY = torch.zeros(0, dtype=torch.long)
 
-SAMPLE_PROMPTS = (
-    "a red circle at the top left", "a green square at the bottom right", "a blue triangle at the center",
-    "a yellow circle at the bottom left", "a magenta square at the top right", "a cyan triangle at the top left",
-    "a white circle at the center", "a orange square at the bottom left",
-)
+
+@dataclass
+class ModalityRun:
+    """One modality of a training mixture: a trained tokenizer, its data and the head that predicts it."""
+
+    tokenizer: str = ""  # folder of a trained tokenizer (its `tokenizer/` export)
+    data: DataConfig = field(default_factory=DataConfig)
+    head: str = "next_token"  # key of heads.HEADS; must serve the tokenizer's kind of tokens
+    head_config: dict[str, Any] = field(default_factory=dict)
+    loss_weight: float = 1.0  # weight of this head's (count-normalised) loss
+    mix_weight: float = 1.0  # share of the draws, relative to the other runs
+    caption_weight: float = 0.0  # fraction of this run's draws that are caption tasks (media, then text)
+    pattern: str = "flat"  # codebook pattern of multi-codebook codes (flat | delay)
+    sample_prompts: tuple[str, ...] = ()  # for sample grids; empty: the data source's own captions
 
 
 @dataclass
 class ARTrainConfig:
     out: str = "runs/ar"
-    tokenizer: str = ""  # folder of a trained tokenizer (its `tokenizer/` export)
-    data: DataConfig = field(default_factory=DataConfig)
+    modalities: dict[str, ModalityRun] = field(default_factory=dict)  # name -> run (the name is the pipeline's)
     model: TransformerConfig = field(default_factory=TransformerConfig)
-    head: str = "next_token"  # head of the image modality: next_token | next_scale | flow_matching
-    head_config: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=2000, batch_size=32, learning_rate=2e-3))
     run: RunConfig = field(default_factory=RunConfig)
     text_loss_weight: float = 0.1
     caption_dropout: float = 0.1  # probability of training on an empty caption (the CFG branch)
-    sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS
+    num_sample_prompts: int = 8  # per modality, in sample grids
     sample_guidance: float = 3.0
 
 
-def model_config(config: ARTrainConfig, tokenizer) -> MMARConfig:
-    spec = modality_spec("image", tokenizer, (3, config.data.size, config.data.size))
-    heads = {"text": HeadChoice("next_token"), "image": HeadChoice(config.head, dict(config.head_config))}
-    return MMARConfig(config.model, [spec], heads)
+def single_run(out: str, tokenizer: str, head: str, overrides: list[str] = ()) -> tuple[ARTrainConfig, list[str]]:
+    """The one-modality shorthand (`mmar train --tokenizer X --head Y`): a mixture of one run.
+
+    The run is named after the tokenizer's medium ("image"); `--set` keys that name a run field
+    (`data.source=...`, `head_config.x=...`, `caption_weight=...`) are that run's, spelled short.
+    """
+    name = tokenizer_medium(tokenizer)
+    run_fields = {f.name for f in dataclasses.fields(ModalityRun)}
+    rewritten = [f"modalities.{name}.{item}" if item.split("=", 1)[0].split(".")[0].strip() in run_fields else item
+                 for item in overrides]
+    return ARTrainConfig(out=out, modalities={name: ModalityRun(tokenizer=tokenizer, head=head)}), rewritten
 
 
-def make_samples(tokens: torch.Tensor, captions: list[bytes | torch.Tensor], teacher_inputs: torch.Tensor | None) -> list:
-    """tokens (b, ...) + caption bytes -> [[text, image], ...] segments."""
-    return [[Segment("text", caption), Segment("image", tokens[i], None if teacher_inputs is None else teacher_inputs[i])]
-            for i, caption in enumerate(captions)]
+def tokenizer_medium(directory: str) -> str:
+    """The medium a tokenizer folder encodes ("image", ...), read from its config without loading weights."""
+    import json
+
+    config_path = Path(directory) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no tokenizer config at {config_path}: is {directory} a trained tokenizer folder?")
+    name = json.loads(config_path.read_text()).get("class")
+    if name not in TOKENIZERS:
+        raise ValueError(f"{config_path}: unknown tokenizer class {name!r}; known: {sorted(TOKENIZERS)}")
+    return TOKENIZERS[name].modality
+
+
+def model_config(config: ARTrainConfig, tokenizers: dict) -> MMARConfig:
+    """The MMAR config of a mixture: one ModalitySpec and head per run, plus the text head."""
+    specs, heads = [], {"text": HeadChoice("next_token")}
+    for name, run in config.modalities.items():
+        tokenizer = tokenizers[name]
+        data_shape = (3, run.data.size, run.data.size) if tokenizer.modality == "image" else tuple(tokenizer.data_shape)
+        spec = modality_spec(name, tokenizer, data_shape, run.pattern)
+        check_head(run.head, spec)
+        specs.append(spec)
+        heads[name] = HeadChoice(run.head, dict(run.head_config))
+    return MMARConfig(config.model, specs, heads)
+
+
+def load_tokenizers(config: ARTrainConfig, device) -> dict:
+    """Every run's frozen tokenizer, each checked against its data source and head before anything is encoded."""
+    if not config.modalities:
+        raise ValueError("no modalities to train: pass --tokenizer DIR (one modality) or --config FILE (a mixture)")
+    tokenizers = {}
+    for name, run in config.modalities.items():
+        if not run.tokenizer:
+            raise ValueError(f"modalities.{name}.tokenizer is empty: set the trained tokenizer folder")
+        if run.data.source not in DATA_SOURCES:
+            raise ValueError(f"modalities.{name}.data.source {run.data.source!r} is unknown; known: {', '.join(DATA_SOURCES)}")
+        tokenizer = load_tokenizer(run.tokenizer)
+        if DATA_SOURCES[run.data.source].modality != tokenizer.modality:
+            raise ValueError(f"modalities.{name}: the {run.data.source!r} source yields "
+                             f"{DATA_SOURCES[run.data.source].modality}, the tokenizer reads {tokenizer.modality}")
+        tokenizers[name] = tokenizer.to(device).requires_grad_(False)
+    model_config(config, tokenizers)  # every head/tokenizer pairing is checked here, before encoding
+    return tokenizers
+
+
+def encode_runs(config: ARTrainConfig, tokenizers: dict, out: Path, device) -> None:
+    """Encode each run's data once into `<out>/tokens/<name>`; stale tokens are re-encoded, with a log line."""
+    for name, run in config.modalities.items():
+        directory = out / "tokens" / name
+        identity = tokens_identity(run.tokenizer, dataclasses.asdict(run.data))
+        reason = stale_reason(directory, identity)
+        if reason is None:
+            continue
+        if (directory / "index.json").is_file():
+            logger.warning("re-encoding %s: %s", directory, reason)
+        source = make_source(run.data.source, size=run.data.size, num_items=run.data.num_items, seed=run.data.seed,
+                             path=run.data.path)
+        encode_dataset(tokenizers[name], source, directory, device=device, progress=config.run.progress,
+                       identity=identity)
+
+
+def source_prompts(run: ModalityRun, captions: list[str], count: int) -> list[str]:
+    """Sample-grid prompts of a run: its own, else the first `count` distinct captions of its data."""
+    return list(run.sample_prompts) if run.sample_prompts else list(dict.fromkeys(captions))[:count]
+
+
+def task_sample(task: str, name: str, tokens: torch.Tensor, inputs: torch.Tensor | None,
+                caption: torch.Tensor) -> list[Segment]:
+    """One training sample: generate = [caption, media]; caption = [empty, media (context only), caption + <eos>]."""
+    if task == "generate":
+        return [Segment("text", caption), Segment(name, tokens, inputs)]
+    return [Segment("text", EMPTY), Segment(name, tokens, inputs, learn=False), Segment("text", caption, end=True)]
 
 
 def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
     """Train; returns the exported pipeline folder `<out>/pipeline`."""
-    accelerator = make_accelerator(config.run)
+    mixture = len(config.modalities) > 1 or any(run.caption_weight > 0 for run in config.modalities.values())
+    accelerator = make_accelerator(config.run, find_unused_parameters=mixture)
     out, main, device = Path(config.out), accelerator.is_main_process, accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
-    if not config.tokenizer:
-        raise ValueError("set the trained tokenizer folder: --tokenizer runs/.../tokenizer")
-    tokenizer = load_tokenizer(config.tokenizer).to(device).requires_grad_(False)
+    tokenizers = load_tokenizers(config, device)
     text = TOKENIZERS["text"](TOKENIZERS["text"].Config())
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_json(config, out / "config.json")
-        if not (out / "tokens" / "index.json").is_file():
-            source = make_source(config.data.source, size=config.data.size, num_items=config.data.num_items,
-                                 seed=config.data.seed, path=config.data.path)
-            encode_dataset(tokenizer, source, out / "tokens", device=device, progress=config.run.progress)
+        encode_runs(config, tokenizers, out, device)
     accelerator.wait_for_everyone()
-    data = TokenizedDataset(out / "tokens")
-    caption_bytes = [text.encode(c) for c in data.captions]
+    data = {name: TokenizedDataset(out / "tokens" / name) for name in config.modalities}
+    caption_bytes = {name: [text.encode(c) for c in d.captions] for name, d in data.items()}
 
     torch.manual_seed(config.run.seed)  # the initial weights; training randomness comes from seeded generators
-    model = MMAR(model_config(config, tokenizer))
-    spec = model.layout.modalities["image"]
-    needed = 3 + max(len(c) for c in caption_bytes) + spec.num_tokens + 1
-    if needed > config.model.max_len:
-        raise ValueError(f"samples need {needed} positions but model.max_len is {config.model.max_len}")
+    model = MMAR(model_config(config, tokenizers))
+    for name, spec in model.layout.modalities.items():
+        needed = 4 + max(len(c) for c in caption_bytes[name]) + spec.num_tokens + 1  # <bos> <m> </m> <eos>
+        if needed > config.model.max_len:
+            raise ValueError(f"{name} samples need {needed} positions but model.max_len is {config.model.max_len}")
     optimizer = make_optimizer(model, config.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     ema = EMA(raw, config.optim.ema_beta)
-    order = DataOrder(len(data), config.run.seed)
+    runs = config.modalities
+    order = MixtureOrder({n: len(d) for n, d in data.items()}, {n: r.mix_weight for n, r in runs.items()},
+                         {n: r.caption_weight for n, r in runs.items()}, config.run.seed)
     start = 0
     if resume and (state := load_latest(out / "checkpoints")):
         start = restore(state, raw, ema, optimizer, order, device)
         logger.info("resumed from %s at step %d", state["path"], start)
-    weights = {"text": config.text_loss_weight, "image": 1.0}
+    weights = {"text": config.text_loss_weight, **{name: run.loss_weight for name, run in runs.items()}}
     log, guard = MetricsLog(out / "metrics.jsonl", main), NonFiniteGuard(config.optim.max_nonfinite)
-    bar = tqdm(range(start, config.optim.steps), initial=start, total=config.optim.steps, desc=f"train {config.head}",
+    heads = "+".join(dict.fromkeys(run.head for run in runs.values()))
+    bar = tqdm(range(start, config.optim.steps), initial=start, total=config.optim.steps, desc=f"train {heads}",
                disable=not (main and config.run.progress))
     tic, tokens_seen = time.perf_counter(), 0
     done = start
@@ -118,12 +202,20 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
         generator = seeded_generator(config.run.seed, step, rank, device)
         cpu_generator = seeded_generator(config.run.seed, step, rank)
         batches = []
-        for indices in rank_slice(order.take(config.optim.batch_size), rank, world, config.optim.grad_accum):
-            tokens = data.tokens[indices].to(device)  # (b, ...)
-            drop = torch.rand(len(indices), generator=cpu_generator) < config.caption_dropout  # (b,)
-            captions = [torch.zeros(0, dtype=torch.long) if d else caption_bytes[j] for j, d in zip(indices, drop.tolist())]
-            inputs = tokenizer.teacher_inputs(tokens).float().cpu() if spec.kind == "scales" else None
-            batches.append(pack(make_samples(tokens.cpu(), captions, inputs), raw.layout).to(device))
+        for draws in rank_slice(order.take(config.optim.batch_size), rank, world, config.optim.grad_accum):
+            drop = (torch.rand(len(draws), generator=cpu_generator) < config.caption_dropout).tolist()  # (b,)
+            samples: list = [None] * len(draws)
+            for name in dict.fromkeys(d.modality for d in draws):  # each drawn modality once, batched
+                rows = [i for i, d in enumerate(draws) if d.modality == name]
+                tokens = data[name].tokens[[draws[i].index for i in rows]].to(device)  # (b, ...)
+                inputs = tokenizers[name].teacher_inputs(tokens).float().cpu() \
+                    if raw.layout.modalities[name].kind == "scales" else None  # (b, L-1, C)
+                for j, i in enumerate(rows):
+                    draw = draws[i]
+                    caption = EMPTY if drop[i] and draw.task == "generate" else caption_bytes[name][draw.index]
+                    samples[i] = task_sample(draw.task, name, tokens[j].cpu(), None if inputs is None else inputs[j],
+                                             caption)
+            batches.append(pack(samples, raw.layout).to(device))
         # The global number of targets per head, over micro-batches and ranks, normalises every loss.
         counts = torch.tensor([[len(b.targets[h].index) if h in b.targets else 0 for h in weights] for b in batches],
                               device=device).sum(0)  # (num_heads,)
@@ -152,14 +244,16 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
             sums, correct = accelerator.reduce(sums, reduction="sum"), accelerator.reduce(correct, reduction="sum")
             if main:
                 values = {f"loss/{h}": float(sums[k] / counts[k]) for k, h in enumerate(weights)}
-                if spec.kind != "vectors":
-                    values["accuracy/image"] = float(correct[1] / counts[1])
+                values.update({f"accuracy/{h}": float(correct[k] / counts[k]) for k, h in enumerate(weights)
+                               if h != "text" and raw.layout.modalities[h].kind != "vectors"})
                 values.update(grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"],
                               tokens_per_s=tokens_seen / (time.perf_counter() - tic))
                 log.write(done, values)
-                bar.set_postfix({"loss": f"{values['loss/image']:.3f}"})
+                bar.set_postfix({h: f"{values[f'loss/{h}']:.3f}" for h in list(runs)[:3]})
         if main and config.run.sample_every and (done % config.run.sample_every == 0 or done == config.optim.steps):
-            save_atomic(sample_grid(ema_pipeline(config, tokenizer, ema, device), config), out / "samples" / f"step-{done:07d}.png")
+            prompts = {name: source_prompts(runs[name], data[name].captions, config.num_sample_prompts) for name in runs}
+            grid = sample_grid(ema_pipeline(config, tokenizers, ema, device), prompts, config)
+            save_atomic(grid, out / "samples" / f"step-{done:07d}.png")
         if done % config.run.checkpoint_every == 0 or done == config.optim.steps:
             accelerator.wait_for_everyone()
             if main:
@@ -174,19 +268,31 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
         return out / "checkpoints"
     export = out / "pipeline"
     if main:
-        ema_pipeline(config, tokenizer, ema, "cpu").save_pretrained(export)
+        ema_pipeline(config, tokenizers, ema, "cpu").save_pretrained(export)
     accelerator.wait_for_everyone()
     return export
 
 
-def ema_pipeline(config: ARTrainConfig, tokenizer, ema: EMA, device) -> Pipeline:
+def ema_pipeline(config: ARTrainConfig, tokenizers: dict, ema: EMA, device) -> Pipeline:
     """A pipeline holding a fresh model with the EMA weights (the training model is untouched)."""
-    model = MMAR(model_config(config, tokenizer))
+    model = MMAR(model_config(config, tokenizers))
     ema.copy_to(model)
     text = TOKENIZERS["text"](TOKENIZERS["text"].Config())
-    return Pipeline(model.eval(), {"text": text, "image": tokenizer}).to(device)
+    sources = {name: run.data.source for name, run in config.modalities.items()}
+    return Pipeline(model.eval(), {"text": text, **tokenizers}, sources).to(device)
 
 
-def sample_grid(pipeline: Pipeline, config: ARTrainConfig):
-    images = pipeline(list(config.sample_prompts), guidance_scale=config.sample_guidance, seed=config.run.seed)
-    return captioned_grid(images, list(config.sample_prompts), columns=len(config.sample_prompts))
+def sample_grid(pipeline: Pipeline, prompts: dict[str, list[str]], config: ARTrainConfig):
+    """One row per modality: its prompts' samples, captioned "name: prompt"."""
+    from mmar.media import to_preview
+
+    pictures, captions = [], []
+    columns = max(len(p) for p in prompts.values())
+    for name, texts in prompts.items():
+        outputs = pipeline(texts, modality=name, guidance_scale=config.sample_guidance, seed=config.run.seed)
+        medium = pipeline.spec(name).medium
+        pictures += [item if medium == "image" else to_preview(medium, item) for item in outputs]
+        captions += [f"{name}: {t}" if len(prompts) > 1 else t for t in texts]
+        pictures += [pictures[-1].copy().point(lambda _: 255)] * (columns - len(texts))  # pad the row with white
+        captions += [""] * (columns - len(texts))
+    return captioned_grid(pictures, captions, columns=columns)

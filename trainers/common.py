@@ -69,9 +69,13 @@ class DataOrder:
             raise ValueError("the dataset is empty")
         self.num_items, self.seed = num_items, seed
         self.epoch, self.position = 0, 0
+        self._cached: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation)
 
     def _permutation(self) -> torch.Tensor:
-        return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 7_919 + self.epoch))
+        if self._cached is None or self._cached[0] != self.epoch:
+            generator = torch.Generator().manual_seed(self.seed * 7_919 + self.epoch)
+            self._cached = (self.epoch, torch.randperm(self.num_items, generator=generator))  # (num_items,)
+        return self._cached[1]
 
     def take(self, count: int) -> list[int]:
         indices = []
@@ -156,7 +160,7 @@ class NonFiniteGuard:
 
 @dataclass
 class DataConfig:
-    source: str = "shapes"  # shapes | fashion_mnist | folder
+    source: str = "shapes"  # a key of mmar.data.DATA_SOURCES (shapes | fashion_mnist | folder | ...)
     size: int = 32
     num_items: int = 20_000  # procedural sources; real sources are capped to this
     seed: int = 0
@@ -177,14 +181,20 @@ class RunConfig:
     stop_at: int | None = None  # end this invocation after this step (the schedule still spans optim.steps)
 
 
-def make_accelerator(run: RunConfig):
-    """An Accelerator: bf16 autocast on GPU, fp32 on CPU; checks the launcher's world size."""
+def make_accelerator(run: RunConfig, find_unused_parameters: bool = False):
+    """An Accelerator: bf16 autocast on GPU, fp32 on CPU; checks the launcher's world size.
+
+    `find_unused_parameters`: some parameters may get no gradient in a step (a mixture's head
+    whose modality was not drawn); DDP must then be told, or it raises.
+    """
     import os
 
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     use_cpu = run.cpu or not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else "bf16")
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else "bf16", kwargs_handlers=handlers)
     expected = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != expected:
         raise RuntimeError(f"launched {expected} processes but accelerate sees {accelerator.num_processes}; "
@@ -221,7 +231,7 @@ def restore(state: dict[str, Any], model: nn.Module, ema: EMA, optimizer, order:
     return int(state["trainer"]["step"])
 
 
-def rank_slice(indices: list[int], rank: int, world: int, grad_accum: int) -> list[list[int]]:
+def rank_slice(indices: list, rank: int, world: int, grad_accum: int) -> list[list]:
     """This rank's share of a global batch, split into `grad_accum` micro-batches."""
     mine = indices[rank::world]
     size = (len(mine) + grad_accum - 1) // grad_accum

@@ -1,4 +1,9 @@
-"""The quickstart: tokenizer -> AR model -> samples, curves and a prompt-following report, in one run."""
+"""The quickstart: tokenizer(s) -> ONE AR model -> samples, curves and an analytic report, in one run.
+
+Recipe "single": one image tokenizer and one head (`--head`). Recipe "joint": the three image
+tokenizers and one backbone trained on all three heads at once, with captioning mixed in; the
+report then has prompt-following per head and caption accuracy.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,14 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from mmar.config import apply_overrides
-from mmar.evaluation.prompt_following import evaluation_prompts, report_markdown, score
+from mmar.evaluation import evaluate, evaluate_captions, report_markdown
 from mmar.images import captioned_grid, save_atomic
 from mmar.pipeline import Pipeline
 from trainers.ar import train_ar
 from trainers.plots import plot_curves
-from trainers.recipes import quickstart_ar, quickstart_tokenizer, tiny_ar, tiny_tokenizer
+from trainers.recipes import (HEAD_TOKENIZER, JOINT_RUNS, RECIPES, joint_ar, quickstart_ar, quickstart_tokenizer,
+                              tiny_ar, tiny_joint, tiny_tokenizer)
 from trainers.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -30,55 +34,69 @@ GRID_PROMPTS = [f"a {c} {s} at the {p}" for c, s, p in [
 ]]
 
 
-@torch.no_grad()
-def evaluate(pipeline: Pipeline, num_prompts: int = 64, per_prompt: int = 4, seed: int = 0,
-             batch_prompts: int = 16, **sampling) -> dict:
-    """Prompt-following of `pipeline` on the fixed evaluation prompts, scored by the analytic checker."""
-    prompts = evaluation_prompts(num_prompts, seed=seed)
-    images, captions = [], []
-    for start in range(0, len(prompts), batch_prompts):
-        chunk = prompts[start:start + batch_prompts]
-        images += pipeline(chunk, num_images_per_prompt=per_prompt, seed=seed + start, **sampling)
-        captions += [p for p in chunk for _ in range(per_prompt)]
-    return score(images, captions)
-
-
-def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart", overrides: list[str] = (),
-                   tiny: bool = False, num_prompts: int = 64, per_prompt: int = 4, guidance_scale: float = 3.0) -> dict:
-    """Train the tokenizer and the AR model for `head`, then sample and evaluate. Returns the report."""
-    out = Path(out)
-    started = time.perf_counter()
-    tokenizer_overrides = [o.removeprefix("tokenizer.") for o in overrides if o.startswith("tokenizer.")]
-    ar_overrides = [o.removeprefix("ar.") for o in overrides if o.startswith("ar.")]
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    tokenizer = [o.removeprefix("tokenizer.") for o in overrides if o.startswith("tokenizer.")]
+    ar = [o.removeprefix("ar.") for o in overrides if o.startswith("ar.")]
     unknown = [o for o in overrides if not o.startswith(("tokenizer.", "ar."))]
     if unknown:
         raise ValueError(f"quickstart overrides start with 'tokenizer.' or 'ar.', got {unknown}")
-    tokenizer_config = (tiny_tokenizer if tiny else quickstart_tokenizer)(head, str(out / "tokenizer_run"))
-    tokenizer_dir = train_tokenizer(apply_overrides(tokenizer_config, tokenizer_overrides))
+    return tokenizer, ar
+
+
+def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart", overrides: list[str] = (),
+                   tiny: bool = False, num_prompts: int = 64, per_prompt: int = 4, guidance_scale: float = 3.0,
+                   recipe: str = "single") -> dict:
+    """Train the tokenizer(s) and the AR model of `recipe`, then sample and evaluate. Returns the report."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    out = Path(out)
+    started = time.perf_counter()
+    tokenizer_overrides, ar_overrides = _split_overrides(list(overrides))
+    heads = {"image": head} if recipe == "single" else dict(JOINT_RUNS)
+    tokenizer_dirs, tokenizer_reports, curves = {}, {}, {}
+    for name, run_head in heads.items():
+        run_dir = out / ("tokenizer_run" if recipe == "single" else f"tokenizer_{name}")
+        config = (tiny_tokenizer if tiny else quickstart_tokenizer)(run_head, str(run_dir))
+        tokenizer_dirs[name] = str(train_tokenizer(apply_overrides(config, tokenizer_overrides)))
+        tokenizer_reports[name] = json.loads((run_dir / "report.json").read_text())
+        curves[f"tokenizer ({HEAD_TOKENIZER[run_head]})"] = run_dir / "metrics.jsonl"
     tokenizer_seconds = time.perf_counter() - started
-    ar_config = (tiny_ar if tiny else quickstart_ar)(head, str(out / "ar_run"), str(tokenizer_dir))
+    if recipe == "single":
+        ar_config = (tiny_ar if tiny else quickstart_ar)(head, str(out / "ar_run"), tokenizer_dirs["image"])
+    else:
+        ar_config = (tiny_joint if tiny else joint_ar)(str(out / "ar_run"), tokenizer_dirs)
     pipeline_dir = train_ar(apply_overrides(ar_config, ar_overrides))
     ar_seconds = time.perf_counter() - started - tokenizer_seconds
+    curves[f"AR ({'+'.join(heads.values())})"] = out / "ar_run" / "metrics.jsonl"
 
     final = out / "pipeline"
     pipeline = Pipeline.from_pretrained(pipeline_dir)
     pipeline.save_pretrained(final)
     prompts = GRID_PROMPTS[:4] if tiny else GRID_PROMPTS
-    images = pipeline(prompts, guidance_scale=guidance_scale, seed=0)
-    save_atomic(captioned_grid(images, prompts, columns=8), out / "samples.png")
-    plot_curves({"tokenizer": out / "tokenizer_run" / "metrics.jsonl", f"AR ({head})": out / "ar_run" / "metrics.jsonl"},
-                out / "curves.png")
-    scores = evaluate(pipeline, num_prompts, per_prompt, guidance_scale=guidance_scale)
+    pictures, captions = [], []
+    for name in pipeline.modalities:
+        pictures += pipeline(prompts, modality=name, guidance_scale=guidance_scale, seed=0)
+        captions += [p if recipe == "single" else f"{pipeline.head_of(name)}: {p}" for p in prompts]
+    save_atomic(captioned_grid(pictures, captions, columns=8), out / "samples.png")
+    plot_curves(curves, out / "curves.png")
+    scores = {name: evaluate(pipeline, name, num_prompts, per_prompt, guidance_scale=guidance_scale)
+              for name in pipeline.modalities}
     report = {
-        "head": head,
-        "prompt_following": scores,
-        "tokenizer": json.loads((out / "tokenizer_run" / "report.json").read_text()),
-        "seconds": {"tokenizer": round(tokenizer_seconds, 1), "ar": round(ar_seconds, 1),
-                    "total": round(time.perf_counter() - started, 1)},
+        "recipe": recipe,
+        "heads": {name: pipeline.head_of(name) for name in pipeline.modalities},
+        "prompt_following": scores["image"] if recipe == "single" else scores,
+        "tokenizer": tokenizer_reports["image"] if recipe == "single" else tokenizer_reports,
         "sampling": {"guidance_scale": guidance_scale, "seed": 0},
     }
+    title = f"mmar quickstart ({head})" if recipe == "single" else "mmar quickstart (joint)"
+    markdown = "\n".join(report_markdown(s, f"{title}: {name} ({pipeline.head_of(name)})") for name, s in scores.items())
+    if recipe == "joint":
+        report["captions"] = evaluate_captions(pipeline, num_items=num_prompts, per_item=per_prompt)
+        markdown += "\n" + report_markdown(report["captions"], f"{title}: caption accuracy "
+                                           f"({pipeline.caption_modality()}, first caption greedy, then sampled)")
+    report["seconds"] = {"tokenizer": round(tokenizer_seconds, 1), "ar": round(ar_seconds, 1),
+                         "total": round(time.perf_counter() - started, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = report_markdown(scores, f"mmar quickstart ({head})")
     markdown += (f"\n\nTokenizer: {report['tokenizer']}\n\nWall time: {report['seconds']} seconds "
                  f"(set-up excluded)\n")
     (out / "report.md").write_text(markdown)

@@ -2,18 +2,24 @@
 
 The quickstart recipes are sized for a 2-core CPU, on the procedural shapes at 32x32 with an 8x8
 latent grid: measured, a tokenizer in 1.5-2.5 minutes and the AR model in 4 (next_token), 7
-(next_scale) or 9 (flow_matching) minutes.
+(next_scale) or 9 (flow_matching) minutes. The joint recipe trains the three image tokenizers and
+ONE backbone over all three heads at once, with captioning mixed in.
 """
 
 from __future__ import annotations
 
 from mmar.transformer import TransformerConfig
-from trainers.ar import ARTrainConfig
+from trainers.ar import ARTrainConfig, ModalityRun
 from trainers.common import DataConfig, OptimConfig, RunConfig
 from trainers.tokenizer import TokenizerTrainConfig
 
 #: which tokenizer each image head trains on
 HEAD_TOKENIZER = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow_matching": "image_kl"}
+#: the joint recipe's modality runs: name -> head (each with its tokenizer from HEAD_TOKENIZER)
+JOINT_RUNS = {"image_token": "next_token", "image_scale": "next_scale", "image_flow": "flow_matching"}
+#: the joint run that also learns to caption (the other two only generate)
+JOINT_CAPTIONER = "image_token"
+RECIPES = ("single", "joint")
 
 
 def quickstart_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
@@ -29,15 +35,37 @@ def quickstart_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
     )
 
 
+def _backbone() -> TransformerConfig:
+    return TransformerConfig(dim=192, num_layers=4, num_heads=6, num_kv_heads=2, max_len=256)
+
+
 def quickstart_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
+    run = ModalityRun(tokenizer=tokenizer, data=DataConfig(source="shapes", size=32, num_items=20_000, seed=0), head=head)
     return ARTrainConfig(
         out=out,
-        tokenizer=tokenizer,
-        data=DataConfig(source="shapes", size=32, num_items=20_000, seed=0),
-        model=TransformerConfig(dim=192, num_layers=4, num_heads=6, num_kv_heads=2, max_len=256),
-        head=head,
+        modalities={"image": run},
+        model=_backbone(),
         optim=OptimConfig(steps=700, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_beta=0.995),
         run=RunConfig(log_every=10, sample_every=500, checkpoint_every=500),
+    )
+
+
+def joint_ar(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
+    """ONE backbone over next_token, next_scale and flow_matching image runs, plus captioning.
+
+    `tokenizers`: run name (JOINT_RUNS) -> trained tokenizer folder. The same backbone and batch as
+    each one-head quickstart; 1,500 steps in all (~500 steps' worth of samples per head).
+    """
+    runs = {name: ModalityRun(tokenizer=tokenizers[name], head=head,
+                              data=DataConfig(source="shapes", size=32, num_items=20_000, seed=0),
+                              caption_weight=0.25 if name == JOINT_CAPTIONER else 0.0)
+            for name, head in JOINT_RUNS.items()}
+    return ARTrainConfig(
+        out=out,
+        modalities=runs,
+        model=_backbone(),
+        optim=OptimConfig(steps=1500, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_beta=0.995),
+        run=RunConfig(log_every=10, sample_every=750, checkpoint_every=500),
     )
 
 
@@ -51,11 +79,19 @@ def tiny_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
     return config
 
 
-def tiny_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
-    config = quickstart_ar(head, out, tokenizer)
-    config.data = DataConfig(num_items=256)
+def _tiny(config: ARTrainConfig) -> ARTrainConfig:
+    for run in config.modalities.values():
+        run.data = DataConfig(num_items=256)
+        run.sample_prompts = ("a red circle at the top left", "a green square at the bottom right")
     config.model = TransformerConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_len=256)
     config.optim = OptimConfig(steps=4, batch_size=8, warmup_steps=1)
     config.run = RunConfig(log_every=2, sample_every=0, checkpoint_every=2, progress=False)
-    config.sample_prompts = config.sample_prompts[:2]
     return config
+
+
+def tiny_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
+    return _tiny(quickstart_ar(head, out, tokenizer))
+
+
+def tiny_joint(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
+    return _tiny(joint_ar(out, tokenizers))

@@ -68,6 +68,12 @@ class FashionMNIST(torch.utils.data.Dataset):
     `limit` keeps the first items only (and reads only those); `root` overrides where the files are.
     """
 
+    modality = "image"
+
+    @classmethod
+    def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None) -> "FashionMNIST":
+        return cls(split="train", size=size, limit=num_items, root=path)
+
     def __init__(self, split: str = "train", size: int = 32, limit: int | None = None,
                  root: str | os.PathLike | None = None) -> None:
         if split not in FILES:

@@ -68,6 +68,15 @@ class ImageFolder(torch.utils.data.Dataset):
     `limit` keeps the first usable entries only (and validates only those).
     """
 
+    modality = "image"
+
+    @classmethod
+    def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None) -> "ImageFolder":
+        if path is None:
+            raise ValueError("the folder source needs path= a folder with metadata.jsonl and its images "
+                             "(--set data.path=DIR)")
+        return cls(path, size=size, limit=num_items)
+
     def __init__(self, root: str | os.PathLike, size: int = 32, limit: int | None = None) -> None:
         self.root, self.size = Path(root), size
         metadata = self.root / METADATA

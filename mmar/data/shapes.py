@@ -87,6 +87,14 @@ def render(color: str, shape: str, position: str, size: int = 32, *, extent: flo
 class ShapesDataset(torch.utils.data.Dataset):
     """`num_items` captioned shapes; item i is drawn from a generator seeded by (seed, i)."""
 
+    modality = "image"
+
+    @classmethod
+    def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None) -> "ShapesDataset":
+        if num_items is None:
+            raise ValueError("the shapes source needs num_items (it is procedural and unbounded)")
+        return cls(num_items=num_items, size=size, seed=seed)
+
     def __init__(self, num_items: int = 10_000, size: int = 32, seed: int = 0) -> None:
         if size < 16:
             raise ValueError(f"shapes need images of at least 16 px, got {size}")

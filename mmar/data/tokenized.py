@@ -3,6 +3,10 @@
 Layout of a tokens folder: `shard-00000.safetensors` ... (tensor "tokens", captions as JSON in the
 file's metadata) and `index.json`, written last: a folder without it is incomplete and is rebuilt.
 The whole folder is written under a temporary name and renamed into place.
+
+Tokens are cached by identity: `index.json` records what made them (the SHA-256 of the
+tokenizer's weights and the data config); `stale_reason` compares that with the current run, and a
+mismatch means re-encode, never training on stale codes.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from tqdm.auto import tqdm
 
 @torch.no_grad()
 def encode_dataset(tokenizer, dataset, directory: str | Path, *, batch_size: int = 256, shard_size: int = 16384,
-                   device: torch.device | str = "cpu", progress: bool = True) -> Path:
-    """Encode every (image, caption) of `dataset` -> tokens folder at `directory` (returned)."""
+                   device: torch.device | str = "cpu", progress: bool = True, identity: dict | None = None) -> Path:
+    """Encode every (media, caption) of `dataset` -> tokens folder at `directory` (returned).
+
+    `identity` (JSON-able, e.g. from `tokens_identity`) is recorded in index.json."""
     directory = Path(directory)
     temporary = directory.with_name(f".tmp-{directory.name}")
     shutil.rmtree(temporary, ignore_errors=True)
@@ -36,9 +42,9 @@ def encode_dataset(tokenizer, dataset, directory: str | Path, *, batch_size: int
         captions.clear()
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda items: items)
-    for items in tqdm(loader, desc="encoding", unit="batch", disable=not progress):
-        images = torch.stack([image for image, _ in items]).to(device)  # (B, 3, H, W)
-        tokens.append(tokenizer.encode(images).cpu())  # (B, *token_shape[, C])
+    for items in tqdm(loader, desc=f"encoding {directory.name}", unit="batch", disable=not progress):
+        media = torch.stack([item for item, _ in items]).to(device)  # (B, *data_shape)
+        tokens.append(tokenizer.encode(media).cpu())  # (B, *token_shape[, C])
         captions.extend(caption for _, caption in items)
         count += len(items)
         if sum(len(t) for t in tokens) >= shard_size:
@@ -47,11 +53,34 @@ def encode_dataset(tokenizer, dataset, directory: str | Path, *, batch_size: int
         flush()
     if count == 0:
         raise ValueError("the data source is empty: nothing to encode")
-    index = {"num_items": count, "shards": shards}
+    index = {"num_items": count, "shards": shards, "identity": identity or {}}
     (temporary / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     shutil.rmtree(directory, ignore_errors=True)
     temporary.replace(directory)
     return directory
+
+
+def tokens_identity(tokenizer_dir: str | Path, data: dict) -> dict:
+    """What a tokens folder depends on: the tokenizer's weights (SHA-256) and the data config."""
+    from mmar.files import sha256
+
+    return {"tokenizer_sha256": sha256(Path(tokenizer_dir) / "model.safetensors"), "data": data}
+
+
+def stale_reason(directory: str | Path, identity: dict) -> str | None:
+    """None when `directory` holds complete tokens made by `identity`; else why it must be (re-)encoded."""
+    index_path = Path(directory) / "index.json"
+    if not index_path.is_file():
+        return "no complete tokens yet"
+    try:
+        recorded = json.loads(index_path.read_text()).get("identity", {})
+    except (json.JSONDecodeError, AttributeError):
+        return "its index.json is unreadable"
+    if recorded.get("tokenizer_sha256") != identity["tokenizer_sha256"]:
+        return "the tokenizer's weights changed since they were encoded"
+    if recorded.get("data") != identity["data"]:
+        return f"the data config changed ({recorded.get('data')} -> {identity['data']})"
+    return None
 
 
 class TokenizedDataset(torch.utils.data.Dataset):

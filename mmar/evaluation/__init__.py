@@ -1,6 +1,9 @@
-"""Offline quality checks: analytic checkers that read generated samples against their captions."""
+"""Offline quality checks: analytic checkers that read generated samples and captions against the truth."""
 
+from mmar.evaluation.checkers import CHECKERS, Checker, ShapesChecker, checker_for
+from mmar.evaluation.evaluate import evaluate, evaluate_captions
 from mmar.evaluation.prompt_following import evaluation_prompts, report_markdown, score
 from mmar.evaluation.shapes_checker import Description, ShapeCheck, check, describe
 
-__all__ = ["Description", "ShapeCheck", "check", "describe", "evaluation_prompts", "report_markdown", "score"]
+__all__ = ["CHECKERS", "Checker", "Description", "ShapeCheck", "ShapesChecker", "check", "checker_for", "describe",
+           "evaluate", "evaluate_captions", "evaluation_prompts", "report_markdown", "score"]
