@@ -235,7 +235,7 @@ def _unpack_modality(spec, layout, row_ids, row_start, open_column, targets, vec
         segment = Segment(spec.name, codes, vectors[body])
     elif spec.multi_codebook:
         codes = patterns.deinterleave(spec.pattern, vectors[body], spec.num_cells)  # (cells, Q)
-        segment = Segment(spec.name, codes.reshape(shape))
+        segment = Segment(spec.name, codes.reshape(*shape, spec.num_codebooks))
     elif spec.kind == "codes":
         segment = Segment(spec.name, (row_ids[first:first + n] - layout.code_offset[spec.name]).reshape(shape))
     else:
