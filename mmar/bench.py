@@ -58,7 +58,15 @@ def _model(spec: ModalitySpec, head: str, backbone: TransformerConfig, device) -
 
 
 def _image_tokenizer(head: str, device):
-    name = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow_matching": "image_kl"}[head]
+    """(tokenizer or None, spec) of each head's default 32x32 image tokenizer.
+
+    The flow head's continuous tokenizer is diffusers' AutoencoderKL, but generation never runs it:
+    its spec comes from the config alone, so the bench needs only the light stack (no diffusers)."""
+    if head == "flow_matching":
+        config = TOKENIZERS["image_kl"].Config()
+        side = config.image_size // 2 ** (len(config.block_out_channels) - 1)
+        return None, ModalitySpec("image", 0, 0, config.latent_channels, (1, side, side), token_shape=(side, side))
+    name = {"next_token": "image_vq", "next_scale": "multiscale_vq"}[head]
     tokenizer = TOKENIZERS[name](TOKENIZERS[name].Config()).to(device).eval()
     return tokenizer, modality_spec("image", tokenizer, (3, 32, 32))
 
