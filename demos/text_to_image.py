@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate images from a text prompt with a trained mmar pipeline. "
                                      "Writes a captioned grid PNG.")
     parser.add_argument("--model", default="runs/quickstart/pipeline", help="pipeline folder")
+    parser.add_argument("--modality", default=None, help="which image modality of a many-modality pipeline "
+                        "(default: its only one, or the text head chooses)")
     parser.add_argument("--prompt", default="a red circle at the top left")
     parser.add_argument("--num", type=int, default=4, help="images to generate")
     parser.add_argument("--seed", type=int, default=0)
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         pipeline = Pipeline.from_pretrained(args.model)
-        images = pipeline(args.prompt, num_images_per_prompt=args.num, guidance_scale=args.cfg,
+        images = pipeline(args.prompt, num_images_per_prompt=args.num, modality=args.modality, guidance_scale=args.cfg,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     except (ValueError, FileNotFoundError) as error:
         print(f"text_to_image: error: {error}", file=sys.stderr)
