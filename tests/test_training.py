@@ -120,3 +120,28 @@ def test_nan_learning_rate_stops_training_with_a_clear_error(tmp_path, tokenizer
     # a huge learning rate blows the weights up after the first step, so the next losses are non-finite
     with pytest.raises(FloatingPointError, match="non-finite"):
         train_ar(config)
+
+
+def test_two_cpu_ranks_train_a_mixture_with_heads_unused_in_a_step(tmp_path, tokenizer_dir):
+    """DDP over gloo with two heads and captioning. Each micro-batch holds ONE sample (batch 4 = 2 ranks
+    x 2 micro-batches), so every synced backward lacks the other modality's head: DDP raises there
+    unless told that parameters may go unused (find_unused_parameters)."""
+    torch.manual_seed(0)
+    TOKENIZERS["image_kl"](TOKENIZERS["image_kl"].Config(block_out_channels=(8, 16, 16), norm_num_groups=8)) \
+        .save_pretrained(tmp_path / "kl")
+    config = tmp_path / "mix.json"
+    config.write_text(json.dumps({"modalities": {
+        "vq": {"tokenizer": str(tokenizer_dir), "head": "next_token", "caption_weight": 0.5, "data": {"num_items": 32}},
+        "kl": {"tokenizer": str(tmp_path / "kl"), "head": "flow_matching", "mix_weight": 0.3, "data": {"num_items": 32}}},
+        "model": {"dim": 32, "num_layers": 1, "num_heads": 4, "num_kv_heads": 2},
+        "optim": {"steps": 4, "batch_size": 4, "grad_accum": 2, "warmup_steps": 1},
+        "run": {"cpu": True, "progress": False, "sample_every": 0, "log_every": 1}}))
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+               "-m", "mmar.cli", "train", "--config", str(config), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks["num_processes"] == 2 and ranks["weights_sha256"][0] == ranks["weights_sha256"][1]
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and all(set(r) >= {"loss/text", "loss/vq", "loss/kl"} for r in log)
