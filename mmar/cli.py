@@ -329,7 +329,9 @@ def _caption(args) -> int:
         texts = pipeline.caption(images, modality=args.modality, temperature=args.temperature, top_k=args.top_k,
                                  top_p=args.top_p, seed=args.seed + k, max_new_tokens=args.max_bytes)
         for name, text in zip(args.image, texts):
-            print(f"{name}\t{text}")
+            # one line per caption: a sampled newline or control byte is printed escaped
+            shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+            print(f"{name}\t{shown}")
     return 0
 
 

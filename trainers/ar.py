@@ -4,8 +4,8 @@ Top to bottom: load every run's frozen tokenizer and check its head can predict 
 each data source once (cached by the tokenizer's SHA-256 and the data config), build ONE MMAR model
 over all of them, then for every step: draw this rank's share of the seeded mixture order
 (modality, task, item), drop captions for classifier-free guidance, lay every sample out as its
-task says (generate: text then the modality; caption: the modality then its text), pack the mixed
-batch, sum each head's loss over micro-batches and divide by the global target count (over
+task says (generate: text then the modality; caption: the modality then its text), pack one
+micro-batch per drawn modality (rows pad to their own length), sum each head's loss over micro-batches and divide by the global target count (over
 micro-batches and ranks), weight per head, clip, skip non-finite steps, update EMA, log, sample,
 checkpoint. The pipeline is exported with the EMA weights.
 """
@@ -148,6 +148,14 @@ def source_prompts(run: ModalityRun, captions: list[str], count: int) -> list[st
     return list(run.sample_prompts) if run.sample_prompts else list(dict.fromkeys(captions))[:count]
 
 
+def by_modality(draws: list) -> list[list]:
+    """Split draws into one group per modality, in first-drawn order (a one-modality share stays whole)."""
+    groups: dict[str, list] = {}
+    for draw in draws:
+        groups.setdefault(draw.modality, []).append(draw)
+    return list(groups.values())
+
+
 def task_sample(task: str, name: str, tokens: torch.Tensor, inputs: torch.Tensor | None,
                 caption: torch.Tensor) -> list[Segment]:
     """One training sample: generate = [caption, media]; caption = [empty, media (context only), caption + <eos>]."""
@@ -202,7 +210,10 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
         generator = seeded_generator(config.run.seed, step, rank, device)
         cpu_generator = seeded_generator(config.run.seed, step, rank)
         batches = []
-        for draws in rank_slice(order.take(config.optim.batch_size), rank, world, config.optim.grad_accum):
+        # One micro-batch per drawn modality: rows pad to their own modality's length, not the longest's.
+        micro_batches = [group for share in rank_slice(order.take(config.optim.batch_size), rank, world,
+                                                       config.optim.grad_accum) for group in by_modality(share)]
+        for draws in micro_batches:
             drop = (torch.rand(len(draws), generator=cpu_generator) < config.caption_dropout).tolist()  # (b,)
             samples: list = [None] * len(draws)
             for name in dict.fromkeys(d.modality for d in draws):  # each drawn modality once, batched
