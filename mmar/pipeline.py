@@ -58,6 +58,7 @@ class Pipeline:
         if missing:
             raise ValueError(f"the pipeline lacks tokenizers for {missing}")
         self.model, self.tokenizers, self.sources = model, tokenizers, dict(sources or {})
+        self.last_modalities: list[str] = []  # which modality each item of the last call is
 
     @property
     def modalities(self) -> list[str]:
