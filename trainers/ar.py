@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmar.config import save_json
-from mmar.data import DATA_SOURCES, make_source
+from mmar.data import DATA_SOURCES, make_source, source_data_shape
 from mmar.data.tokenized import TokenizedDataset, encode_dataset, stale_reason, tokens_identity
 from mmar.images import captioned_grid, save_atomic
 from mmar.model import MMAR, HeadChoice, MMARConfig, check_head
@@ -100,7 +100,7 @@ def model_config(config: ARTrainConfig, tokenizers: dict) -> MMARConfig:
     specs, heads = [], {"text": HeadChoice("next_token")}
     for name, run in config.modalities.items():
         tokenizer = tokenizers[name]
-        data_shape = (3, run.data.size, run.data.size) if tokenizer.modality == "image" else tuple(tokenizer.data_shape)
+        data_shape = source_data_shape(**dataclasses.asdict(run.data))
         spec = modality_spec(name, tokenizer, data_shape, run.pattern)
         check_head(run.head, spec)
         specs.append(spec)
@@ -137,8 +137,7 @@ def encode_runs(config: ARTrainConfig, tokenizers: dict, out: Path, device) -> N
             continue
         if (directory / "index.json").is_file():
             logger.warning("re-encoding %s: %s", directory, reason)
-        source = make_source(run.data.source, size=run.data.size, num_items=run.data.num_items, seed=run.data.seed,
-                             path=run.data.path)
+        source = make_source(**dataclasses.asdict(run.data))
         encode_dataset(tokenizers[name], source, directory, device=device, progress=config.run.progress,
                        identity=identity)
 

@@ -7,6 +7,7 @@ checkpoints crash-safely, and exports the EMA tokenizer (calibrated) with a reco
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -57,8 +58,7 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_json(config, out / "config.json")
-    source = make_source(config.data.source, size=config.data.size, num_items=config.data.num_items,
-                         seed=config.data.seed, path=config.data.path)
+    source = make_source(**dataclasses.asdict(config.data))
     num_train = len(source) - min(config.eval_items, len(source) // 5)
     torch.manual_seed(config.run.seed)  # the initial weights; training randomness comes from seeded generators
     tokenizer = build_tokenizer(config)

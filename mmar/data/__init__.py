@@ -1,7 +1,7 @@
 """Data sources: each yields (media, caption str); images are (3, H, W) float in [-1, 1].
 
 `DATA_SOURCES` maps a name to its dataset class; each class declares its `modality` (the medium it
-yields, checked against the tokenizer's) and a `build` classmethod; `make_source` builds one from
+yields, checked against the tokenizer's), a `build` classmethod and a `data_shape` classmethod; `make_source` builds one from
 the few settings a config carries. A new source is one file and one line here. Procedural shapes
 need nothing; Fashion-MNIST needs the Debian package `dataset-fashion-mnist`; "folder" reads a
 user's folder in the HuggingFace convention.
@@ -22,20 +22,32 @@ DATA_SOURCES: dict[str, type[torch.utils.data.Dataset]] = {
 }
 
 
-def make_source(name: str, *, size: int, num_items: int | None, seed: int,
-                path: str | None = None) -> torch.utils.data.Dataset:
-    """Build the data source `name` (each class's `build` says what it reads).
+def make_source(source: str, *, num_items: int | None, seed: int, path: str | None = None,
+                **settings: object) -> torch.utils.data.Dataset:
+    """Build the data source `source` from a data config's fields (each class's `build` says what it reads).
 
     shapes: `num_items` procedural items drawn with `seed` (path unused).
     fashion_mnist: the first `num_items` training images (all if None); `path` overrides where the
     IDX files are. folder: the first `num_items` usable entries of the folder at `path` (required).
+    `settings` are the medium's own fields (`size` for images, ...); a source ignores the ones it
+    does not read, so `make_source(**dataclasses.asdict(data_config))` fits every source.
     Real sources keep their file order; shuffling is the trainer's job (seeded by epoch).
     """
-    if name not in DATA_SOURCES:
-        raise ValueError(f"unknown data source {name!r}; known: {', '.join(DATA_SOURCES)}")
     if num_items is not None and num_items < 1:
         raise ValueError(f"num_items must be positive, got {num_items}")
-    return DATA_SOURCES[name].build(size=size, num_items=num_items, seed=seed, path=path)
+    return source_class(source).build(num_items=num_items, seed=seed, path=path, **settings)
 
 
-__all__ = ["DATA_SOURCES", "FashionMNIST", "ImageFolder", "ShapesDataset", "make_source"]
+def source_data_shape(source: str, **settings: object) -> tuple[int, ...]:
+    """The shape of one item (without batch) that `source` yields with these settings, e.g. (3, 32, 32)."""
+    return tuple(source_class(source).data_shape(**settings))
+
+
+def source_class(source: str) -> type[torch.utils.data.Dataset]:
+    if source not in DATA_SOURCES:
+        raise ValueError(f"unknown data source {source!r}; known: {', '.join(DATA_SOURCES)}")
+    return DATA_SOURCES[source]
+
+
+__all__ = ["DATA_SOURCES", "FashionMNIST", "ImageFolder", "ShapesDataset", "make_source", "source_class",
+           "source_data_shape"]

@@ -71,7 +71,11 @@ class FashionMNIST(torch.utils.data.Dataset):
     modality = "image"
 
     @classmethod
-    def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None) -> "FashionMNIST":
+    def data_shape(cls, *, size: int, **_: object) -> tuple[int, int, int]:
+        return (3, size, size)
+
+    @classmethod
+    def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None, **_: object) -> "FashionMNIST":
         return cls(split="train", size=size, limit=num_items, root=path)
 
     def __init__(self, split: str = "train", size: int = 32, limit: int | None = None,

@@ -71,7 +71,11 @@ class ImageFolder(torch.utils.data.Dataset):
     modality = "image"
 
     @classmethod
-    def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None) -> "ImageFolder":
+    def data_shape(cls, *, size: int, **_: object) -> tuple[int, int, int]:
+        return (3, size, size)
+
+    @classmethod
+    def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None, **_: object) -> "ImageFolder":
         if path is None:
             raise ValueError("the folder source needs path= a folder with metadata.jsonl and its images "
                              "(--set data.path=DIR)")

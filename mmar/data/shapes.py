@@ -90,7 +90,11 @@ class ShapesDataset(torch.utils.data.Dataset):
     modality = "image"
 
     @classmethod
-    def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None) -> "ShapesDataset":
+    def data_shape(cls, *, size: int, **_: object) -> tuple[int, int, int]:
+        return (3, size, size)
+
+    @classmethod
+    def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None, **_: object) -> "ShapesDataset":
         if num_items is None:
             raise ValueError("the shapes source needs num_items (it is procedural and unbounded)")
         return cls(num_items=num_items, size=size, seed=seed)
