@@ -9,9 +9,12 @@ an unexpected error is one line and exit code 1 (`-v` shows its traceback). The 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -76,6 +79,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed is an integer in [0, 2**63), got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    """cpu, cuda or cuda:N, and CUDA only where there is a GPU (torch is imported only for non-cpu names)."""
+    if text == "cpu":
+        return text
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA GPU (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: mmar runs on cpu or cuda")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="mmar", description="Unified multimodal autoregressive generation: tokenizers, one shared "
@@ -133,16 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="pipeline folder (e.g. runs/quickstart/pipeline)")
     gen.add_argument("--modality", default=None, help="which of the pipeline's modalities to generate")
     gen.add_argument("--prompt", required=True, action="append", help="text prompt (repeatable)")
-    gen.add_argument("--num", type=int, default=4, help="samples per prompt (default 4)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale; 1 disables (default 3)")
+    gen.add_argument("--num", type=_positive_int, default=4, help="samples per prompt (default 4)")
+    gen.add_argument("--seed", type=_seed, default=0)
+    gen.add_argument("--cfg", type=_finite_float, default=3.0, help="classifier-free guidance scale; 1 disables (default 3)")
     gen.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0, help="0 keeps all codes")
-    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--temperature", type=_finite_float, default=1.0)
+    gen.add_argument("--top-k", type=_nonnegative_int, default=0, help="0 keeps all codes")
+    gen.add_argument("--top-p", type=_finite_float, default=1.0)
     gen.add_argument("--steps", type=_positive_int, default=None, help="ODE steps (flow_matching head only)")
     gen.add_argument("--out", default="out.png", help="grid file (*.png) or a folder for one file per sample")
-    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
     caption = commands.add_parser("caption", help="describe images with a trained pipeline's text head",
                                   description="Prints one caption per image (greedy by default; --temperature > 0 "
@@ -151,22 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--image", required=True, nargs="+", help="image file(s) to describe")
     caption.add_argument("--modality", default=None, help="which image tokenizer reads them (default: the first)")
     caption.add_argument("--num", type=_positive_int, default=1, help="captions per image (default 1)")
-    caption.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    caption.add_argument("--top-k", type=int, default=0)
-    caption.add_argument("--top-p", type=float, default=1.0)
-    caption.add_argument("--seed", type=int, default=0)
+    caption.add_argument("--temperature", type=_finite_float, default=0.0, help="0 is greedy (default)")
+    caption.add_argument("--top-k", type=_nonnegative_int, default=0)
+    caption.add_argument("--top-p", type=_finite_float, default=1.0)
+    caption.add_argument("--seed", type=_seed, default=0)
     caption.add_argument("--max-bytes", type=_positive_int, default=64, help="longest caption (default 64 bytes)")
-    caption.add_argument("--device", default="cpu")
+    caption.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
     evaluate = commands.add_parser("eval", help="prompt-following (and caption) accuracy with the analytic checkers")
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--modality", default=None, help="evaluate this modality only (default: every one)")
     evaluate.add_argument("--captions", action="store_true", help="also score captions of held-out items")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--seed", type=_seed, default=0)
+    evaluate.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     evaluate.add_argument("--num-prompts", type=_positive_int, default=64)
     evaluate.add_argument("--per-prompt", type=_positive_int, default=4)
-    evaluate.add_argument("--cfg", type=float, default=3.0)
+    evaluate.add_argument("--cfg", type=_finite_float, default=3.0)
     evaluate.add_argument("--steps", type=_positive_int, nargs="+", default=None, metavar="N",
                           help="ODE steps (flow_matching head only); several values sweep them, e.g. --steps 1 2 4 8 16")
     evaluate.add_argument("--out", default=None, help="write the report JSON here")
@@ -174,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure generation and training speed (tokens/s, images/s)")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
-    bench.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    bench.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when available)")
     bench.add_argument("--out", default=None, help="also write the figures as JSON here")
     bench.add_argument("--compile", action="store_true", default=None,
                        help="also time the torch.compile'd decode step (always on CUDA; ~30 s of compiling per row on CPU)")
@@ -185,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads, ever
+    if threading.current_thread() is not threading.main_thread():  # signals can only be caught there
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _terminated)  # a `kill` ends a run like Ctrl-C: cleanly, with a message
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         return COMMANDS[args.command](args) or 0
     except (UsageError, ValueError, FileNotFoundError, FloatingPointError) as error:
@@ -193,9 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"mmar {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mmar: interrupted; checkpoints already written are intact (resume with --resume)", file=sys.stderr)
-        return 130
+    except OSError as error:  # the disk, not the input: a full or read-only filesystem, a path that cannot be
+        if args.verbose:
+            traceback.print_exc()
+        print(f"mmar {args.command}: error: {os_error_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        signal_name = "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"mmar: {signal_name}; checkpoints already written are intact (resume with --resume)", file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
     except Exception as error:  # a bug, not bad input: one line, and the traceback with -v
         if args.verbose:
             traceback.print_exc()
@@ -205,12 +264,41 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so `finally` blocks and atomic writes clean up as for Ctrl-C."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+ADVICE = {errno.ENOSPC: "the disk is full: free some space, then run again (with --resume for training)",
+          errno.EDQUOT: "the disk quota is exceeded: free some space, then run again",
+          errno.EROFS: "the filesystem is read-only: choose a writable --out",
+          errno.EACCES: "permission denied: choose a folder you can write to",
+          errno.EPERM: "permission denied: choose a folder you can write to",
+          errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
+          errno.EISDIR: "this is a folder: give a file name, or another path",
+          errno.EEXIST: "this already exists and is in the way: choose another path",
+          errno.ENAMETOOLONG: "the path is too long"}
+
+
+def os_error_line(error: OSError) -> str:
+    """One line: the path, what the system said, and what to do."""
+    path = f"{error.filename}: " if error.filename else ""
+    what = error.strerror or str(error)
+    advice = ADVICE.get(error.errno)
+    return f"{path}{what}" + (f" ({advice})" if advice and error.errno else "")
+
+
 def _quickstart(args) -> int:
+    from mmar.lock import folder_lock
     from trainers.quickstart import run_quickstart
 
     out = Path(args.out)
-    report = run_quickstart(args.head, out, args.overrides, tiny=args.tiny, num_prompts=args.num_prompts,
-                            per_prompt=args.per_prompt, recipe=args.recipe)
+    with folder_lock(out):  # its tokenizer and model runs lock their own subfolders too
+        report = run_quickstart(args.head, out, args.overrides, tiny=args.tiny, num_prompts=args.num_prompts,
+                                per_prompt=args.per_prompt, recipe=args.recipe)
     title = args.head if args.recipe == "single" else "joint: " + ", ".join(report["heads"].values())
     print(f"\nmmar quickstart ({title}) finished in {report['seconds']['total']:.0f} s")
     scores = {"image": report["prompt_following"]} if args.recipe == "single" else report["prompt_following"]
@@ -272,8 +360,6 @@ def _check_steps(pipeline, modality: str | None, steps) -> None:
 
 
 def _generate(args) -> int:
-    if args.num < 1:
-        raise UsageError(f"--num must be at least 1, got {args.num}")
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
     from mmar.images import captioned_grid, save_atomic
@@ -311,15 +397,15 @@ def _generate(args) -> int:
 def _caption(args) -> int:
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
+    from mmar.images import open_image
     from mmar.pipeline import Pipeline
 
     images = []
     for name in args.image:
         try:
-            with Image.open(name) as opened:
-                images.append(opened.convert("RGB"))
+            images.append(open_image(name))
         except FileNotFoundError:
             raise FileNotFoundError(f"no image at {name}") from None
         except (UnidentifiedImageError, OSError) as error:

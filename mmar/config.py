@@ -1,13 +1,20 @@
-"""Config plumbing: nested dataclasses <-> dicts, and type-checked `--set a.b=value` overrides.
+"""Config plumbing: nested dataclasses <-> dicts, type-checked `--set a.b=value` overrides, validation.
 
 Configs are dataclasses beside the class they configure; recipes are plain functions returning
-them. An unknown key or a value of the wrong type is an error that names the key.
+them. Every value is checked in two passes: `from_dict` / `--set` check each value's *type*
+(floats must be finite numbers, ints must be ints, unknown keys are errors), and `validate` then
+checks the whole resolved config once: each dataclass's `LIMITS` (a class attribute mapping a
+field to an interval such as "[0, 1)" or "(0, inf)") and its `check()` method (choices and rules
+that span several fields). Because the rules run on the resolved config, the order of `--set`
+options never matters. Files read from disk go through `load_json`, so a hand-edited file fails
+with a message naming the file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,6 +37,11 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
         kind = hints[key]
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             kwargs[key] = from_dict(kind, value)
+        elif (item := _dataclass_items(kind)) is not None:
+            if not isinstance(value, list):
+                raise ValueError(f"config key {key!r} expects a list of {item.__name__} objects, got {value!r}")
+            kwargs[key] = [entry if isinstance(entry, item) else from_dict(item, _object(entry, f"{key}[{i}]"))
+                           for i, entry in enumerate(value)]
         elif (item := _dataclass_values(kind)) is not None:
             if not isinstance(value, dict):
                 raise ValueError(f"config key {key!r} expects a JSON object of {item.__name__} entries, got {value!r}")
@@ -49,25 +61,52 @@ def _dataclass_values(kind: Any) -> type | None:
     return None
 
 
+def _dataclass_items(kind: Any) -> type | None:
+    """The item class of a `list[SomeDataclass]` annotation, else None."""
+    if typing.get_origin(kind) is list:
+        args = typing.get_args(kind)
+        if len(args) == 1 and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
+
+
 def _object(value: Any, key: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"config key {key!r} expects a JSON object, got {value!r}")
     return value
 
 
-def load_json(cls: type, path: str | Path) -> Any:
-    """A config dataclass from a JSON file (partial: missing keys keep their defaults)."""
+def load_json(cls: type, path: str | Path, *, partial: bool = True) -> Any:
+    """A validated config dataclass from a JSON file; every error names the file and the key.
+
+    `partial`: missing keys keep their defaults (a user's config); False: every field without a
+    default must be there (a file mmar wrote itself).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no config file at {path}")
+    values = read_json(path)
     try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from error
-    try:
-        return from_dict(cls, _object(values, str(path)))
+        if not partial:
+            required = [f.name for f in dataclasses.fields(cls)
+                        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+            missing = [name for name in required if name not in _object(values, "the file")]
+            if missing:
+                raise ValueError(f"missing key(s) {missing}")
+        return validate(from_dict(cls, _object(values, "the file")))
     except (ValueError, TypeError) as error:
         raise ValueError(f"{path}: {error}") from error
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; FileNotFoundError / ValueError naming the file (and the line of a syntax error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from error
 
 
 def save_json(config: Any, path: str | Path) -> None:
@@ -75,13 +114,13 @@ def save_json(config: Any, path: str | Path) -> None:
 
 
 def apply_overrides(config: Any, overrides: list[str]) -> Any:
-    """Return a copy of `config` with each "a.b=value" applied (value parsed by the field's type)."""
+    """A copy of `config` with each "a.b=value" applied (parsed by the field's type), then validated whole."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         config = _set(config, key.strip().split("."), raw, key.strip())
-    return config
+    return validate(config)
 
 
 def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
@@ -121,6 +160,11 @@ def _parse_json(raw: str) -> Any:
 def _parse(raw: str, kind: Any) -> Any:
     if kind is str:
         return raw
+    if kind is float or float in typing.get_args(kind):  # "nan" and "inf" too, so they get a clear refusal
+        try:
+            return float(raw)
+        except ValueError:
+            pass
     if kind is bool:
         lowered = raw.lower()
         if lowered in ("true", "1", "yes"):
@@ -149,7 +193,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         raise ValueError(errors[0])
     if kind is Any:
         return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {key!r} expects a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
         return float(value)
     if kind in (int, str, bool):
         if type(value) is kind:
@@ -164,9 +212,71 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     if origin is dict or kind is dict:
         if not isinstance(value, dict):
             raise ValueError(f"config key {key!r} expects a JSON object, got {value!r}")
+        args = typing.get_args(kind)
+        if args and not dataclasses.is_dataclass(args[1]):
+            return {name: _coerce(entry, args[1], f"{key}.{name}") for name, entry in value.items()}
         return value
     if origin is list:
         if not isinstance(value, list):
             raise ValueError(f"config key {key!r} expects a list, got {value!r}")
+        args = typing.get_args(kind)
+        return [_coerce(v, args[0], key) for v in value] if args else value
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, kind):
+            raise ValueError(f"config key {key!r} expects a {kind.__name__} object, got {value!r}")
         return value
     return value
+
+
+def validate(config: Any, prefix: str = "") -> Any:
+    """Check a whole config tree (types, finite numbers, each class's LIMITS and check()); returns it.
+
+    A ValueError names the dotted key: "optim.learning_rate must be in (0, inf), got -1.0".
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        key, value = prefix + f.name, getattr(config, f.name)
+        _coerce(value, hints[f.name], key)
+        if dataclasses.is_dataclass(value):
+            validate(value, key + ".")
+        elif isinstance(value, dict):
+            for name, entry in value.items():
+                if dataclasses.is_dataclass(entry):
+                    validate(entry, f"{key}.{name}.")
+                else:
+                    _check_finite(entry, f"{key}.{name}")
+        elif isinstance(value, list):
+            for index, entry in enumerate(value):
+                if dataclasses.is_dataclass(entry):
+                    validate(entry, f"{key}[{index}].")
+    for name, interval in getattr(type(config), "LIMITS", {}).items():
+        value = getattr(config, name)
+        if value is not None and not in_interval(value, interval):
+            raise ValueError(f"{prefix}{name} must be in {interval}, got {value!r}")
+    check = getattr(config, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as error:
+            raise ValueError(f"{prefix.rstrip('.') + ': ' if prefix else ''}{error}") from error
+    return config
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """Free-form values (a head's options) may be anything JSON holds, except NaN and infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
+    if isinstance(value, (list, tuple)):
+        for entry in value:
+            _check_finite(entry, key)
+    elif isinstance(value, dict):
+        for name, entry in value.items():
+            _check_finite(entry, f"{key}.{name}")
+
+
+def in_interval(value: float, interval: str) -> bool:
+    """Whether `value` lies in an interval written "[low, high)", "(0, inf)", "[1, 64]" and so on."""
+    low, high = (float(part) for part in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below

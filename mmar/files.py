@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from tokenizers_vq.base import file_sha256
+
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)  # the tokenizer folders' hash, so every manifest in mmar agrees
 
 
 def file_hashes(directory: Path, files: list[str]) -> dict[str, str]:
@@ -38,3 +35,13 @@ def verify_manifest(directory: Path) -> None:
     if not manifest_path.is_file():
         raise ValueError(f"{directory} has no manifest.json; it is incomplete")
     verify_hashes(directory, json.loads(manifest_path.read_text()))
+
+
+def check_finite(tensors: dict[str, "torch.Tensor"], where: str) -> None:
+    """Raise ValueError naming the first tensor holding NaN or infinity (a diverged model is never saved or used)."""
+    import torch
+
+    for name, tensor in tensors.items():
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{where} has non-finite values in {name!r}: the run diverged; resume from an "
+                             "earlier checkpoint with a lower learning rate")

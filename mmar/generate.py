@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from mmar import patterns
+from mmar.config import validate
 from mmar.layout import EOS, grid_positions, scale_positions
 from mmar.model import MMAR
 from mmar.packing import Batch, Segment, pack
@@ -36,15 +37,13 @@ class SamplingConfig:
     seed: int = 0
     head_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_steps": 16} for flow
 
+    LIMITS = {"guidance_scale": "[0, 1000]", "temperature": "[0, 100]", "top_k": "[0, inf)", "top_p": "(0, 1]",
+              "seed": "[0, 9.2e18]"}
+
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance scale must be >= 0, got {self.guidance_scale}")
+        validate(self)  # types, finite numbers, LIMITS, check()
+
+    def check(self) -> None:
         if self.guidance_schedule not in GUIDANCE_SCHEDULES:
             raise ValueError(f"guidance schedule must be one of {GUIDANCE_SCHEDULES}, got {self.guidance_schedule!r}")
 

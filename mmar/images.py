@@ -1,4 +1,4 @@
-"""Image tensors <-> PIL, and captioned sample grids."""
+"""Image files and tensors <-> PIL, and captioned sample grids."""
 
 from __future__ import annotations
 
@@ -7,6 +7,21 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+
+#: Images with more pixels (4096 x 4096) are refused from their header, before any decoding: a
+#: 12000 x 12000 PNG would otherwise take ~2 GB to decode only to be shrunk to 32 x 32.
+MAX_PIXELS = 4096 * 4096
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file as RGB; more than MAX_PIXELS is a ValueError before decoding."""
+    with Image.open(path) as opened:
+        width, height = opened.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{path} is {width}x{height}, more than the {MAX_PIXELS:,} pixels mmar decodes: "
+                             "shrink it first")
+        return opened.convert("RGB")
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -49,5 +64,8 @@ def save_atomic(image: Image.Image, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG")
-    temporary.replace(path)
+    try:
+        image.save(temporary, format="PNG")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from heads import HEADS, IGNORE_INDEX, HeadOutput, HeadSpec
+from mmar.config import from_dict, load_json, validate
 from mmar.layout import ModalitySpec, TokenLayout
 from mmar.packing import Batch
 from mmar.transformer import Transformer, TransformerConfig
@@ -33,6 +34,14 @@ class HeadChoice:
     name: str = "next_token"  # key of heads.HEADS
     config: dict[str, Any] = field(default_factory=dict)  # fields of that head's Config
 
+    def check(self) -> None:
+        if self.name not in HEADS:
+            raise ValueError(f"head {self.name!r} is unknown; known: {', '.join(HEADS)}")
+        try:
+            validate(from_dict(HEADS[self.name].Config, dict(self.config)))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"the {self.name} head's config: {error}") from error
+
 
 @dataclass
 class MMARConfig:
@@ -43,15 +52,13 @@ class MMARConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "MMARConfig":
-        modalities = [
-            ModalitySpec(**{**m, "grid": tuple(m["grid"]), "scales": tuple(tuple(s) for s in m["scales"]),
-                            "token_shape": tuple(m.get("token_shape", ())), "data_shape": tuple(m.get("data_shape", ()))})
-            for m in values["modalities"]
-        ]
-        heads = {k: HeadChoice(**v) for k, v in values["heads"].items()}
-        return cls(TransformerConfig(**values["transformer"]), modalities, heads)
+    def check(self) -> None:
+        names = [spec.name for spec in self.modalities]
+        missing = [name for name in ["text", *names] if name not in self.heads]
+        extra = [name for name in self.heads if name not in ["text", *names]]
+        if missing or extra or len(set(names)) != len(names):
+            raise ValueError(f"heads must name one head per modality (text, {', '.join(names)}): "
+                             f"missing {missing}, not a modality {extra}")
 
 
 class InProjection(nn.Module):
@@ -94,7 +101,7 @@ class CodeEmbedding(nn.Module):
 class MMAR(nn.Module):
     def __init__(self, config: MMARConfig) -> None:
         super().__init__()
-        self.config = config
+        self.config = validate(config)
         self.layout = TokenLayout(config.modalities)
         dim = config.transformer.dim
         self.token_embedding = nn.Embedding(self.layout.vocab_size, dim)
@@ -191,10 +198,6 @@ class MMAR(nn.Module):
         config_path = directory / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"no model config at {config_path}; the model folder is incomplete")
-        try:
-            config = MMARConfig.from_dict(json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{config_path} is not a valid MMAR config ({error})") from error
-        model = cls(config)
+        model = cls(load_json(MMARConfig, config_path, partial=False))
         load_weights(model, directory / "model.safetensors")
         return model.eval()

@@ -14,15 +14,16 @@ routing, so callers never say which head a pipeline uses.
 
 from __future__ import annotations
 
-import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from mmar.files import file_hashes, verify_hashes
+from mmar.config import load_json, save_json, validate
+from mmar.files import check_finite, file_hashes, verify_hashes
 from mmar.generate import SamplingConfig, choose_modality, generate, generate_text
 from mmar.images import from_pil, to_pil
 from mmar.layout import ModalitySpec
@@ -31,6 +32,27 @@ from mmar.packing import Segment
 from tokenizers_vq import Tokenizer, load_tokenizer
 
 FORMAT = "mmar-pipeline/1"
+
+
+@dataclass
+class PipelineManifest:
+    """pipeline.json: what the folder holds and the SHA-256 of every file in it."""
+
+    format: str
+    modalities: list[str]
+    routing: dict[str, str]  # modality (text included) -> head
+    components: dict[str, str]  # "model" and each tokenizer's name -> its subfolder
+    sha256: dict[str, str]  # file (relative) -> hash
+    sources: dict[str, str] = field(default_factory=dict)  # modality -> the data source it was trained on
+
+    def check(self) -> None:
+        if self.format != FORMAT:
+            raise ValueError(f"unknown format {self.format!r} (expected {FORMAT}): written by another mmar version?")
+        if "model" not in self.components:
+            raise ValueError('components has no "model" entry')
+        for path in [*self.components.values(), *self.sha256]:
+            if Path(path).is_absolute() or ".." in Path(path).parts:
+                raise ValueError(f"path {path!r} must stay inside the pipeline folder")
 
 
 def modality_spec(name: str, tokenizer: Tokenizer, data_shape: tuple[int, ...], pattern: str = "flat") -> ModalitySpec:
@@ -100,48 +122,58 @@ class Pipeline:
 
     # --- save / load ------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the pipeline folder atomically (a temporary folder renamed into place)."""
+        """Write the pipeline folder atomically (a temporary folder renamed into place).
+
+        Every weight is checked finite first: a diverged model is refused, never exported.
+        """
+        check_finite(self.model.state_dict(), "the model")
+        for name, tokenizer in self.tokenizers.items():
+            check_finite(tokenizer.state_dict(), f"the {name} tokenizer")
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         temporary = directory.with_name(f".tmp-{directory.name}")
         shutil.rmtree(temporary, ignore_errors=True)
-        self.model.save_pretrained(temporary / "model")
-        for name, tokenizer in self.tokenizers.items():
-            tokenizer.save_pretrained(temporary / "tokenizers" / name)
-        files = sorted(str(p.relative_to(temporary)) for p in temporary.rglob("*") if p.is_file())
-        manifest = {
-            "format": FORMAT,
-            "modalities": self.modalities,
-            "routing": {name: choice.name for name, choice in self.model.config.heads.items()},
-            "sources": self.sources,
-            "components": {"model": "model", **{name: f"tokenizers/{name}" for name in self.tokenizers}},
-            "sha256": file_hashes(temporary, files),
-        }
-        (temporary / "pipeline.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        temporary.replace(directory)
+        try:
+            self.model.save_pretrained(temporary / "model")
+            for name, tokenizer in self.tokenizers.items():
+                tokenizer.save_pretrained(temporary / "tokenizers" / name)
+            files = sorted(str(p.relative_to(temporary)) for p in temporary.rglob("*") if p.is_file())
+            manifest = PipelineManifest(
+                format=FORMAT, modalities=self.modalities,
+                routing={name: choice.name for name, choice in self.model.config.heads.items()},
+                sources=dict(self.sources),
+                components={"model": "model", **{name: f"tokenizers/{name}" for name in self.tokenizers}},
+                sha256=file_hashes(temporary, files))
+            save_json(manifest, temporary / "pipeline.json")
+            if directory.exists():
+                shutil.rmtree(directory)
+            temporary.replace(directory)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> "Pipeline":
+        """Load a pipeline folder: schema-checked pipeline.json, verified hashes, finite weights."""
         directory = Path(directory)
         manifest_path = directory / "pipeline.json"
         if not directory.is_dir():
             raise FileNotFoundError(f"no pipeline folder at {directory}; train one with `mmar quickstart` or `mmar train`")
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{directory} has no pipeline.json: not a pipeline folder, or an incomplete one")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{manifest_path} is not valid JSON ({error})") from error
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
-        verify_hashes(directory, manifest["sha256"])
-        model = MMAR.from_pretrained(directory / manifest["components"]["model"])
-        tokenizers = {name: load_tokenizer(directory / path)
-                      for name, path in manifest["components"].items() if name != "model"}
-        return cls(model, tokenizers, manifest.get("sources")).to(device)
+        manifest = load_json(PipelineManifest, manifest_path, partial=False)
+        verify_hashes(directory, manifest.sha256)
+        model = MMAR.from_pretrained(directory / manifest.components["model"])
+        tokenizers = {name: load_tokenizer(directory / path) for name, path in manifest.components.items() if name != "model"}
+        for name, tokenizer in tokenizers.items():
+            validate(tokenizer.config, f"tokenizers/{name}/config.json: ")
+        check_finite(model.state_dict(), f"{directory}/model/model.safetensors")
+        for name, tokenizer in tokenizers.items():
+            check_finite(tokenizer.state_dict(), f"{directory}/tokenizers/{name}/model.safetensors")
+        missing = [name for name in ["text", *model.layout.modalities] if name not in tokenizers]
+        if missing:
+            raise ValueError(f"{manifest_path}: components lack the tokenizer(s) {missing} the model needs")
+        return cls(model, tokenizers, manifest.sources).to(device)
 
     # --- generation ---------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str], modality: str | None = None) -> list[torch.Tensor]:

@@ -36,7 +36,10 @@ class TransformerConfig:
     rope_theta: float = 10_000.0
     max_len: int = 512
 
-    def __post_init__(self) -> None:
+    LIMITS = {"dim": "[2, 65536]", "num_layers": "[1, 1024]", "num_heads": "[1, 1024]", "num_kv_heads": "[1, 1024]",
+              "mlp_ratio": "(0, 64]", "norm_eps": "(0, 1)", "rope_theta": "(1, inf)", "max_len": "[4, 1048576]"}
+
+    def check(self) -> None:
         if self.dim % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(f"dim {self.dim} / num_heads {self.num_heads} / num_kv_heads {self.num_kv_heads} do not divide")
         if (self.dim // self.num_heads) % 2:

@@ -13,7 +13,7 @@ import torch
 from tokenizers_vq import TOKENIZERS
 from trainers.ar import train_ar
 from trainers.checkpoint import list_checkpoints, load_latest, save_checkpoint
-from trainers.common import NonFiniteGuard, RunConfig
+from trainers.common import RunConfig
 from trainers.recipes import tiny_ar, tiny_tokenizer
 from trainers.tokenizer import train_tokenizer
 
@@ -102,23 +102,11 @@ def test_checkpoints_prune_after_commit_and_skip_damage(tmp_path):
     assert latest["optimizer"]["param_groups"][0]["lr"] == 0.1
 
 
-def test_nonfinite_steps_are_skipped_then_stop_the_run():
-    guard = NonFiniteGuard(limit=3)
-    assert guard.check(torch.tensor(1.0), 0)
-    assert not guard.check(torch.tensor(float("nan")), 1)
-    assert not guard.check(torch.tensor(float("inf")), 2)
-    assert guard.check(torch.tensor(2.0), 3)  # a finite step resets the count
-    guard.check(torch.tensor(float("nan")), 4)
-    guard.check(torch.tensor(float("nan")), 5)
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        guard.check(torch.tensor(float("nan")), 6)
-
-
 def test_nan_learning_rate_stops_training_with_a_clear_error(tmp_path, tokenizer_dir):
     config = _config(tmp_path / "nan", tokenizer_dir)
     config.optim = dataclasses.replace(config.optim, learning_rate=1e30, max_nonfinite=2)
     # a huge learning rate blows the weights up after the first step, so the next losses are non-finite
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(FloatingPointError, match="diverged"):
         train_ar(config)
 
 

@@ -15,7 +15,10 @@ Modelled on audiocraft's `CompressionModel` and diffusers' `ModelMixin` (ideas, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -81,11 +84,24 @@ class Tokenizer(nn.Module):
 
     # --- save / load (diffusers-style folder) --------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
+        """Write `config.json`, `model.safetensors` and `manifest.json` (their SHA-256) atomically:
+        into a temporary folder beside `directory`, then renamed into place."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"class": type(self).registry_name(), **dataclasses.asdict(self.config)}
-        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_model(self, str(directory / "model.safetensors"))
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        temporary = directory.with_name(f".tmp-{directory.name}")
+        shutil.rmtree(temporary, ignore_errors=True)
+        try:
+            temporary.mkdir()
+            config = {"class": type(self).registry_name(), **dataclasses.asdict(self.config)}
+            (temporary / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            save_model(self, str(temporary / "model.safetensors"))
+            hashes = {name: file_sha256(temporary / name) for name in ("config.json", "model.safetensors")}
+            (temporary / MANIFEST).write_text(json.dumps(hashes, indent=2) + "\n")
+            if directory.exists():
+                shutil.rmtree(directory)
+            temporary.replace(directory)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
 
     @classmethod
     def registry_name(cls) -> str:
@@ -93,38 +109,87 @@ class Tokenizer(nn.Module):
 
     @classmethod
     def from_config_dict(cls, values: dict[str, Any]) -> "Tokenizer":
+        """Build from a config dict (JSON types): unknown keys and values of the wrong type are errors."""
         values = {k: v for k, v in values.items() if k != "class"}
-        known = {f.name for f in dataclasses.fields(cls.Config)}
-        unknown = sorted(set(values) - known)
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"{cls.__name__} config has unknown keys {unknown}")
-        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
-        # JSON turns tuples into lists; give tuples back where the default is a tuple.
-        for key, value in values.items():
-            default = fields[key].default
-            if isinstance(value, list) and isinstance(default, tuple):
-                values[key] = tuple(value)
-        return cls(cls.Config(**values))
+        return cls(cls.Config(**{key: _typed(value, fields[key].default, key) for key, value in values.items()}))
+
+
+MANIFEST = "manifest.json"
+
+
+def _typed(value: Any, default: Any, key: str) -> Any:
+    """`value` checked against the type of the field's default; JSON lists become tuples where the default is one."""
+    if isinstance(default, bool) or isinstance(default, str):
+        ok = type(value) is type(default)
+    elif isinstance(default, int):
+        ok = type(value) is int
+    elif isinstance(default, float):
+        ok = type(value) in (int, float) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple))
+        if ok:  # each entry typed like the default's first (a tuple default is never mixed)
+            value = tuple(_typed(v, default[0], key) for v in value) if default else tuple(value)
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"config key {key!r} expects {type(default).__name__} like {default!r}, got {value!r}")
+    return value
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """Load any registered tokenizer from its folder; a clear error if anything is missing or corrupt."""
+    """Load any registered tokenizer from its folder: the manifest's hashes are checked first, then
+    the config's keys and types; every error is one line naming the file and what to do."""
     from tokenizers_vq import TOKENIZERS
 
     directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    config_path, weights_path, manifest_path = (directory / "config.json", directory / "model.safetensors",
+                                                directory / MANIFEST)
     if not config_path.is_file():
         raise FileNotFoundError(f"no tokenizer config at {config_path}: is this a tokenizer folder?")
-    try:
-        values = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path} is not valid JSON ({error}); re-save the tokenizer") from error
+    if not manifest_path.is_file():
+        raise ValueError(f"{directory} has no {MANIFEST}: it is incomplete or was written by an older mmar; "
+                         "re-train or re-save the tokenizer")
+    hashes = _read_json(manifest_path)
+    if not isinstance(hashes, dict) or set(hashes) != {"config.json", "model.safetensors"} \
+            or not all(isinstance(v, str) for v in hashes.values()):
+        raise ValueError(f"{manifest_path} must map config.json and model.safetensors to their SHA-256")
+    for name, digest in hashes.items():
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} is missing; the tokenizer folder is incomplete")
+        if file_sha256(directory / name) != digest:
+            raise ValueError(f"{directory / name} does not match its recorded hash: the file is truncated or altered")
+    values = _read_json(config_path)
+    if not isinstance(values, dict):
+        raise ValueError(f"{config_path} must hold a JSON object, not {type(values).__name__}")
     name = values.get("class")
     if name not in TOKENIZERS:
         raise ValueError(f"{config_path}: unknown tokenizer class {name!r}; known: {sorted(TOKENIZERS)}")
-    tokenizer = TOKENIZERS[name].from_config_dict(values)
+    try:
+        tokenizer = TOKENIZERS[name].from_config_dict(values)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{config_path}: {error}") from error
     load_weights(tokenizer, weights_path)
     return tokenizer.eval()
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-save the tokenizer") from error
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:

@@ -23,18 +23,21 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmar.config import save_json
+from mmar import patterns
+from mmar.config import save_json, validate
 from mmar.data import DATA_SOURCES, make_source, source_data_shape
 from mmar.data.tokenized import TokenizedDataset, encode_dataset, stale_reason, tokens_identity
 from mmar.images import captioned_grid, save_atomic
+from mmar.lock import folder_lock
 from mmar.model import MMAR, HeadChoice, MMARConfig, check_head
 from mmar.packing import Segment, pack
 from mmar.pipeline import Pipeline, modality_spec
 from mmar.transformer import TransformerConfig
 from tokenizers_vq import TOKENIZERS, load_tokenizer
 from trainers.checkpoint import load_latest, save_checkpoint
-from trainers.common import (EMA, DataConfig, MetricsLog, NonFiniteGuard, OptimConfig, RunConfig, learning_rate,
+from trainers.common import (EMA, DataConfig, MetricsLog, OptimConfig, RunConfig, learning_rate,
                              make_accelerator, make_optimizer, rank_slice, record_ranks, restore, seeded_generator)
+from trainers.divergence import DivergenceGuard, optimizer_tensors
 from trainers.mixture import MixtureOrder
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,12 @@ class ModalityRun:
     pattern: str = "flat"  # codebook pattern of multi-codebook codes (flat | delay)
     sample_prompts: tuple[str, ...] = ()  # for sample grids; empty: the data source's own captions
 
+    LIMITS = {"loss_weight": "[0, 1000]", "mix_weight": "(0, 1000]", "caption_weight": "[0, 1]"}
+
+    def check(self) -> None:
+        HeadChoice(self.head, dict(self.head_config)).check()
+        patterns.num_steps(self.pattern, 1, 1)  # an unknown pattern is an error here
+
 
 @dataclass
 class ARTrainConfig:
@@ -67,6 +76,14 @@ class ARTrainConfig:
     caption_dropout: float = 0.1  # probability of training on an empty caption (the CFG branch)
     num_sample_prompts: int = 8  # per modality, in sample grids
     sample_guidance: float = 3.0
+
+    LIMITS = {"text_loss_weight": "[0, 1000]", "caption_dropout": "[0, 1)", "num_sample_prompts": "[1, 64]",
+              "sample_guidance": "[0, 1000]"}
+
+    def check(self) -> None:
+        if not self.modalities:
+            raise ValueError("modalities is empty: give at least one run (--tokenizer DIR, or a config's "
+                             '"modalities": {"image": {"tokenizer": DIR, ...}})')
 
 
 def single_run(out: str, tokenizer: str, head: str, overrides: list[str] = ()) -> tuple[ARTrainConfig, list[str]]:
@@ -164,9 +181,15 @@ def task_sample(task: str, name: str, tokens: torch.Tensor, inputs: torch.Tensor
 
 
 def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
-    """Train; returns the exported pipeline folder `<out>/pipeline`."""
+    """Train; returns the exported pipeline folder `<out>/pipeline`. The run holds `<out>`'s lock throughout."""
+    validate(config)
     mixture = len(config.modalities) > 1 or any(run.caption_weight > 0 for run in config.modalities.values())
     accelerator = make_accelerator(config.run, find_unused_parameters=mixture)
+    with folder_lock(config.out) if accelerator.is_main_process else contextlib.nullcontext():
+        return _train_ar(config, accelerator, resume)
+
+
+def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
     out, main, device = Path(config.out), accelerator.is_main_process, accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     tokenizers = load_tokenizers(config, device)
@@ -193,16 +216,18 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
     order = MixtureOrder({n: len(d) for n, d in data.items()}, {n: r.mix_weight for n, r in runs.items()},
                          {n: r.caption_weight for n, r in runs.items()}, config.run.seed)
     start = 0
-    if resume and (state := load_latest(out / "checkpoints")):
-        start = restore(state, raw, ema, optimizer, order, device)
+    if resume and (state := load_latest(out / "checkpoints",
+                                        lambda state: restore(state, raw, ema, optimizer, order, device))):
+        start = state["restored"]
         logger.info("resumed from %s at step %d", state["path"], start)
     weights = {"text": config.text_loss_weight, **{name: run.loss_weight for name, run in runs.items()}}
-    log, guard = MetricsLog(out / "metrics.jsonl", main), NonFiniteGuard(config.optim.max_nonfinite)
+    log = MetricsLog(out / "metrics.jsonl", main)
+    guard = DivergenceGuard(config.optim.max_nonfinite, config.optim.loss_spike_factor, out / "checkpoints")
     heads = "+".join(dict.fromkeys(run.head for run in runs.values()))
     bar = tqdm(range(start, config.optim.steps), initial=start, total=config.optim.steps, desc=f"train {heads}",
                disable=not (main and config.run.progress))
     tic, tokens_seen = time.perf_counter(), 0
-    done = start
+    done, checkpoint_due = start, False
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.optim)
@@ -230,6 +255,7 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
         counts = torch.tensor([[len(b.targets[h].index) if h in b.targets else 0 for h in weights] for b in batches],
                               device=device).sum(0)  # (num_heads,)
         counts = accelerator.reduce(counts, reduction="sum").clamp_min(1)
+        step_loss = torch.zeros((), device=device)  # this rank's share of the weighted loss
         sums = torch.zeros(len(weights), device=device)  # summed loss per head, for logging
         correct = torch.zeros(len(weights), device=device)
         for i, batch in enumerate(batches):
@@ -239,15 +265,18 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
                     outputs = model(batch, generator)
                 loss = sum(weights[h] * outputs[h].loss_sum / counts[k] for k, h in enumerate(weights) if h in outputs)
                 accelerator.backward(loss * world)  # DDP averages gradients over ranks; undo it
+            step_loss += loss.detach().float()
             for k, h in enumerate(weights):
                 if h in outputs:
                     sums[k] += outputs[h].loss_sum.detach().float()
                     correct[k] += outputs[h].metrics.get("accuracy", torch.zeros((), device=device)).detach().float()
             tokens_seen += batch.ids.numel() * world
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.clip)
-        if guard.check(grad_norm, step):
+        if guard.allow(step, grad_norm, accelerator.reduce(step_loss, reduction="sum")):
             optimizer.step()
             ema.update(raw, step)
+            guard.check_state(step, {"weights": raw.parameters(), "EMA": ema.shadow.values(),
+                                     "optimizer state": optimizer_tensors(optimizer)})
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if done % config.run.log_every == 0 or done == config.optim.steps:
@@ -264,7 +293,9 @@ def train_ar(config: ARTrainConfig, resume: bool = False) -> Path:
             prompts = {name: source_prompts(runs[name], data[name].captions, config.num_sample_prompts) for name in runs}
             grid = sample_grid(ema_pipeline(config, tokenizers, ema, device), prompts, config)
             save_atomic(grid, out / "samples" / f"step-{done:07d}.png")
-        if done % config.run.checkpoint_every == 0 or done == config.optim.steps:
+        checkpoint_due |= done % config.run.checkpoint_every == 0 or done == config.optim.steps
+        if checkpoint_due and guard.healthy:  # never a checkpoint of a state whose last step was skipped
+            checkpoint_due = False
             accelerator.wait_for_everyone()
             if main:
                 save_checkpoint(out / "checkpoints", done, model=raw.state_dict(), ema=ema.shadow,

@@ -4,7 +4,10 @@ A checkpoint is a folder `step-000123/` with model / EMA / optimiser tensors as 
 trainer state as JSON and `manifest.json` holding every file's SHA-256. It is written into a
 temporary folder, flushed, then renamed into place (atomic on one filesystem); older checkpoints
 are pruned only after the new one is committed, so a kill at any moment leaves the previous one
-loadable. Loading verifies the hashes and falls back to the newest intact checkpoint. No pickle.
+loadable; pruning first renames a folder aside (`.old-step-*`), so a kill while deleting never
+leaves a half-deleted `step-*`. A failed save (a full disk) removes its temporary folder and
+leaves the earlier checkpoints as they were. Loading verifies the hashes and the contents and
+falls back to the previous checkpoint on any error, with one warning line. No pickle.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmar.files import verify_manifest, write_manifest
+from mmar.config import read_json
+from mmar.files import check_finite, verify_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 PREFIX = "step-"
@@ -52,21 +56,36 @@ def save_checkpoint(root: Path, step: int, *, model: dict[str, torch.Tensor], em
     final = root / f"{PREFIX}{step:07d}"
     temporary = root / f".tmp-{PREFIX}{step:07d}"
     shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(temporary / "model.safetensors"))
-    save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(temporary / "ema.safetensors"))
-    save_file({k: v.cpu() for k, v in optimizer_tensors.items()}, str(temporary / "optimizer.safetensors"))
-    (temporary / "optimizer.json").write_text(json.dumps(optimizer_meta))
-    (temporary / "trainer.json").write_text(json.dumps({"step": step, **trainer}, indent=2))
-    write_manifest(temporary, ["model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json", "trainer.json"])
-    _fsync_tree(temporary)
-    if final.exists():  # re-saving the same step: move the old one aside first, never leave a gap
-        shutil.rmtree(final)
-    os.replace(temporary, final)
+    try:
+        temporary.mkdir()
+        optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.items()}, str(temporary / "model.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(temporary / "ema.safetensors"))
+        save_file({k: v.cpu() for k, v in optimizer_tensors.items()}, str(temporary / "optimizer.safetensors"))
+        (temporary / "optimizer.json").write_text(json.dumps(optimizer_meta))
+        (temporary / "trainer.json").write_text(json.dumps({"step": step, **trainer}, indent=2))
+        write_manifest(temporary, ["model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json",
+                                   "trainer.json"])
+        _fsync_tree(temporary)
+        if final.exists():  # re-saving the same step: move the old one aside first, never leave a gap
+            _remove(final)
+        os.replace(temporary, final)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+    for leftover in root.glob(f".old-{PREFIX}*"):  # a prune killed half-way
+        shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+def _remove(directory: Path) -> None:
+    """Rename aside, then delete: a kill in between leaves `.old-step-*`, never a half-deleted `step-*`."""
+    aside = directory.with_name(f".old-{directory.name}")
+    if aside.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    os.replace(directory, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -75,21 +94,32 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
-def load_latest(root: Path) -> dict[str, Any] | None:
-    """The newest intact checkpoint under `root` as tensors + state, or None if there is none."""
+def load_latest(root: Path, restore: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any] | None:
+    """The newest checkpoint under `root` that loads, as tensors + state, or None if there is none.
+
+    `restore(state)` (loading it into the run) is part of the attempt: a checkpoint whose files
+    verify but whose contents do not fit (a manifest matching damaged weights, a hand-edited
+    trainer.json) is skipped like a damaged one, with one warning line, for the previous one.
+    """
     for directory in reversed(list_checkpoints(root)):
         try:
-            verify_manifest(directory)
-        except ValueError as error:
-            logger.warning("skipping damaged checkpoint %s: %s", directory.name, error)
-            continue
-        optimizer = _unflatten_optimizer(load_file(str(directory / "optimizer.safetensors")),
-                                         json.loads((directory / "optimizer.json").read_text()))
-        return {
-            "path": directory,
-            "model": load_file(str(directory / "model.safetensors")),
-            "ema": load_file(str(directory / "ema.safetensors")),
-            "optimizer": optimizer,
-            "trainer": json.loads((directory / "trainer.json").read_text()),
-        }
+            state = _load(directory)
+            if restore is not None:
+                state["restored"] = restore(state)
+            return state
+        except Exception as error:  # noqa: BLE001 - any failure means: try the previous checkpoint
+            logger.warning("skipping checkpoint %s (%s: %s); trying the previous one", directory,
+                           type(error).__name__, str(error).splitlines()[0] if str(error) else "")
     return None
+
+
+def _load(directory: Path) -> dict[str, Any]:
+    verify_manifest(directory)
+    optimizer = _unflatten_optimizer(load_file(str(directory / "optimizer.safetensors")),
+                                     read_json(directory / "optimizer.json"))
+    state = {"path": directory, "model": load_file(str(directory / "model.safetensors")),
+             "ema": load_file(str(directory / "ema.safetensors")), "optimizer": optimizer,
+             "trainer": read_json(directory / "trainer.json")}
+    for name in ("model", "ema"):
+        check_finite(state[name], f"{directory}/{name}.safetensors")
+    return state

@@ -1,5 +1,5 @@
 """Pieces both training loops share: optimiser settings and schedule, seeded randomness, data order,
-EMA, JSONL metrics and the non-finite guard. Each loop (ar.py, tokenizer.py) reads top to bottom
+EMA and JSONL metrics (the divergence guard is trainers/divergence.py). Each loop (ar.py, tokenizer.py) reads top to bottom
 and calls these.
 """
 
@@ -29,11 +29,19 @@ class OptimConfig:
     beta2: float = 0.95
     clip: float = 1.0
     ema_beta: float = 0.999
-    max_nonfinite: int = 5  # this many non-finite steps in a row stop the run
+    max_nonfinite: int = 5  # this many skipped steps in a row (non-finite or loss spike) stop the run
+    # A step whose loss is above this times the median of the last 50 applied steps' losses is a
+    # spike: it is skipped and counted like a non-finite step (see trainers/divergence.py); 0 = off.
+    loss_spike_factor: float = 5.0
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("steps, batch_size and grad_accum must be positive")
+    LIMITS = {"steps": "[1, inf)", "batch_size": "[1, inf)", "grad_accum": "[1, inf)",
+              "learning_rate": "(0, inf)", "min_lr_ratio": "[0, 1]", "warmup_steps": "[0, inf)",
+              "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)", "clip": "(0, inf)",
+              "ema_beta": "[0, 1)", "max_nonfinite": "[1, inf)", "loss_spike_factor": "[0, inf)"}
+
+    def check(self) -> None:
+        if 0 < self.loss_spike_factor <= 1:
+            raise ValueError(f"loss_spike_factor must be 0 (off) or above 1, got {self.loss_spike_factor}")
 
 
 def learning_rate(step: int, config: OptimConfig) -> float:
@@ -138,26 +146,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class NonFiniteGuard:
-    """Counts non-finite steps in a row and stops the run with a clear error after too many."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.in_a_row = limit, 0
-
-    def check(self, grad_norm: torch.Tensor, step: int) -> bool:
-        """True when the step may be applied. grad_norm is identical on every rank (after all-reduce)."""
-        if torch.isfinite(grad_norm):
-            self.in_a_row = 0
-            return True
-        self.in_a_row += 1
-        if self.in_a_row >= self.limit:
-            raise FloatingPointError(
-                f"{self.in_a_row} non-finite losses/gradients in a row (last at step {step}); "
-                "lower the learning rate or check the data, then resume from the last checkpoint"
-            )
-        return False
-
-
 @dataclass
 class DataConfig:
     source: str = "shapes"  # a key of mmar.data.DATA_SOURCES (shapes | fashion_mnist | folder | ...)
@@ -165,6 +153,14 @@ class DataConfig:
     num_items: int = 20_000  # procedural sources; real sources are capped to this
     seed: int = 0
     path: str | None = None  # the folder source's root
+
+    LIMITS = {"size": "[1, 4096]", "num_items": "[1, inf)", "seed": "[0, 9.2e18]"}
+
+    def check(self) -> None:
+        from mmar.data import DATA_SOURCES
+
+        if self.source not in DATA_SOURCES:
+            raise ValueError(f"source {self.source!r} is unknown; known: {', '.join(DATA_SOURCES)}")
 
 
 @dataclass
@@ -179,6 +175,9 @@ class RunConfig:
     cpu: bool = False  # force CPU even when CUDA is available
     progress: bool = True
     stop_at: int | None = None  # end this invocation after this step (the schedule still spans optim.steps)
+
+    LIMITS = {"log_every": "[1, inf)", "sample_every": "[0, inf)", "checkpoint_every": "[1, inf)",
+              "keep_checkpoints": "[1, inf)", "seed": "[0, 9.2e18]", "stop_at": "[1, inf)"}
 
 
 def make_accelerator(run: RunConfig, find_unused_parameters: bool = False):
@@ -225,6 +224,8 @@ def record_ranks(accelerator, module: torch.nn.Module, path: Path) -> None:
 def restore(state: dict[str, Any], model: nn.Module, ema: EMA, optimizer, order: DataOrder, device) -> int:
     """Load a checkpoint from `trainers.checkpoint.load_latest` into the run; returns the step to continue from."""
     model.load_state_dict(state["model"])
+    if set(state["ema"]) != set(ema.shadow):
+        raise ValueError("its EMA tensors do not match the model's")
     ema.shadow = {k: v.to(device) for k, v in state["ema"].items()}
     optimizer.load_state_dict(state["optimizer"])
     order.load_state_dict(state["trainer"]["data_order"])

@@ -18,13 +18,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmar.config import save_json
+from mmar.config import from_dict, save_json, validate
 from mmar.data import make_source
 from mmar.evaluation.reconstruction import reconstruction_metrics, reconstruction_grid
 from mmar.images import save_atomic
+from mmar.lock import folder_lock
 from tokenizers_vq import TOKENIZERS
 from trainers.checkpoint import load_latest, save_checkpoint
-from trainers.common import (EMA, DataConfig, DataOrder, MetricsLog, NonFiniteGuard, OptimConfig, RunConfig,
+from trainers.divergence import DivergenceGuard, optimizer_tensors
+from trainers.common import (EMA, DataConfig, DataOrder, MetricsLog, OptimConfig, RunConfig,
                              learning_rate, make_accelerator, make_optimizer, rank_slice, record_ranks,
                              restore, seeded_generator)
 
@@ -42,18 +44,42 @@ class TokenizerTrainConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(sample_every=200, checkpoint_every=200))
     eval_items: int = 512  # held out from training: the last items of the source
 
+    LIMITS = {"eval_items": "[0, inf)"}
+
+    def check(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer {self.tokenizer!r} is unknown; known: {', '.join(sorted(TOKENIZERS))}")
+        try:
+            tokenizer_config(self)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"tokenizer_config: {error}") from error
+
+
+def tokenizer_config(config: TokenizerTrainConfig) -> Any:
+    """The tokenizer's own Config, type-checked and validated (an image tokenizer's size comes from the data)."""
+    cls = TOKENIZERS[config.tokenizer]
+    values = dict(config.tokenizer_config)
+    if "image_size" in cls.Config.__dataclass_fields__:
+        values = {"image_size": config.data.size, **values}
+    return validate(from_dict(cls.Config, values))
+
 
 def build_tokenizer(config: TokenizerTrainConfig):
-    if config.tokenizer not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {config.tokenizer!r}; known: {sorted(TOKENIZERS)}")
-    cls = TOKENIZERS[config.tokenizer]
-    return cls.from_config_dict({"image_size": config.data.size, **config.tokenizer_config}
-                                if "image_size" in cls.Config.__dataclass_fields__ else dict(config.tokenizer_config))
+    validate(config)
+    return TOKENIZERS[config.tokenizer](tokenizer_config(config))
 
 
 def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
-    """Train, then write `<out>/tokenizer/` (EMA weights) and `<out>/report.json`. Returns the tokenizer folder."""
+    """Train, then write `<out>/tokenizer/` (EMA weights) and `<out>/report.json`. Returns the tokenizer folder.
+
+    The run holds `<out>`'s lock throughout."""
+    validate(config)
     accelerator = make_accelerator(config.run)
+    with folder_lock(config.out) if accelerator.is_main_process else contextlib.nullcontext():
+        return _train_tokenizer(config, accelerator, resume)
+
+
+def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) -> Path:
     out, main, device = Path(config.out), accelerator.is_main_process, accelerator.device
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -68,14 +94,16 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
     ema = EMA(raw, config.optim.ema_beta)
     order = DataOrder(num_train, config.run.seed)
     start = 0
-    if resume and (state := load_latest(out / "checkpoints")):
-        start = restore(state, raw, ema, optimizer, order, device)
+    if resume and (state := load_latest(out / "checkpoints",
+                                        lambda state: restore(state, raw, ema, optimizer, order, device))):
+        start = state["restored"]
         logger.info("resumed from %s at step %d", state["path"], start)
-    log, guard = MetricsLog(out / "metrics.jsonl", main), NonFiniteGuard(config.optim.max_nonfinite)
+    log = MetricsLog(out / "metrics.jsonl", main)
+    guard = DivergenceGuard(config.optim.max_nonfinite, config.optim.loss_spike_factor, out / "checkpoints")
     bar = tqdm(range(start, config.optim.steps), initial=start, total=config.optim.steps, desc="tokenizer",
                disable=not (main and config.run.progress))
     tic = time.perf_counter()
-    done = start
+    done, checkpoint_due = start, False
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.optim)
@@ -83,18 +111,22 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
         micro_batches = rank_slice(order.take(config.optim.batch_size), accelerator.process_index,
                                    accelerator.num_processes, config.optim.grad_accum)
         metrics: dict[str, float] = {}
+        step_loss = torch.zeros((), device=device)
         for i, indices in enumerate(micro_batches):
             images = torch.stack([source[j][0] for j in indices]).to(device)  # (b, 3, H, W)
             sync = accelerator.no_sync(tokenizer) if i < len(micro_batches) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 result = tokenizer(images, generator)  # forward = training_loss, through DDP when distributed
                 accelerator.backward(result.loss / len(micro_batches))
+            step_loss += result.loss.detach().float() / len(micro_batches)
             for key, value in result.metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + float(value) / len(micro_batches)
         grad_norm = accelerator.clip_grad_norm_(tokenizer.parameters(), config.optim.clip)
-        if guard.check(grad_norm, step):
+        if guard.allow(step, grad_norm, accelerator.reduce(step_loss, reduction="mean")):
             optimizer.step()
             ema.update(raw, step)
+            guard.check_state(step, {"weights": raw.parameters(), "EMA": ema.shadow.values(),
+                                     "optimizer state": optimizer_tensors(optimizer)})
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if main and (done % config.run.log_every == 0 or done == config.optim.steps):
@@ -102,7 +134,9 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
             log.write(done, {**metrics, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
                              "images_per_s": rate})
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
-        if done % config.run.checkpoint_every == 0 or done == config.optim.steps:
+        checkpoint_due |= done % config.run.checkpoint_every == 0 or done == config.optim.steps
+        if checkpoint_due and guard.healthy:  # never a checkpoint of a state whose last step was skipped
+            checkpoint_due = False
             accelerator.wait_for_everyone()
             if main:
                 save_checkpoint(out / "checkpoints", done, model=raw.state_dict(), ema=ema.shadow,

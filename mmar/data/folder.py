@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmar.images import open_image
+
 logger = logging.getLogger(__name__)
 
 METADATA = "metadata.jsonl"
@@ -28,8 +30,7 @@ EXAMPLE_LINE = '{"file_name": "0001.png", "text": "a red circle at the top left"
 
 def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     """Open an image, resize its shorter side to `size`, centre-crop -> (3, size, size) float in [-1, 1]."""
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
+    image = open_image(path)
     width, height = image.size
     scale = size / min(width, height)
     resized = (max(size, round(width * scale)), max(size, round(height * scale)))
@@ -57,8 +58,7 @@ def _validate(root: Path, line: str) -> tuple[Path, str]:
         raise FileNotFoundError(f"{file_name}: no such file")
     with Image.open(path) as image:
         image.verify()  # structure and checksums
-    with Image.open(path) as image:
-        image.load()  # a full decode catches truncated data that verify misses
+    open_image(path)  # a full decode catches truncated data that verify misses; refuses huge images first
     return path, text
 
 
@@ -91,14 +91,14 @@ class ImageFolder(torch.utils.data.Dataset):
         self.items: list[tuple[Path, str]] = []
         self.num_skipped = 0
         first_reason = None
-        with open(metadata, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
+        with open(metadata, "rb") as lines:  # line by line, so one undecodable line is skipped, not the file
+            for number, raw in enumerate(lines, start=1):
+                if not raw.strip():
                     continue
                 if limit is not None and len(self.items) >= limit:
                     break
                 try:
-                    self.items.append(_validate(self.root, line))
+                    self.items.append(_validate(self.root, raw.decode("utf-8")))
                 except Exception as error:  # noqa: BLE001 - PIL raises SyntaxError, struct.error, ... on bad files
                     self.num_skipped += 1
                     first_reason = first_reason or f"line {number}: {error}"
