@@ -43,7 +43,7 @@ def test_generate_writes_a_grid_and_files_reproducibly(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--num", "0"], "--num must be at least 1"),
+    (["--num", "0"], "--num: must be at least 1"),
     (["--temperature", "-1"], "temperature"),
     (["--top-p", "0"], "top_p"),
 ])

@@ -350,3 +350,16 @@ def test_a_bad_metadata_line_or_a_huge_image_is_skipped_and_counted(tmp_path, ca
     assert 5000 * 5000 > MAX_PIXELS
     with pytest.raises(ValueError, match="more than"):
         open_image(tmp_path / "huge.png")
+
+
+def test_a_damaged_tokens_shard_is_found_and_re_encoded(tmp_path, tokenizer_dir):
+    from mmar.data.shapes import ShapesDataset
+    from mmar.data.tokenized import TokenizedDataset, encode_dataset, stale_reason, tokens_identity
+
+    identity = tokens_identity(tokenizer_dir, {"source": "shapes"})
+    directory = encode_dataset(load_tokenizer(tokenizer_dir), ShapesDataset(num_items=8), tmp_path / "tokens",
+                               progress=False, identity=identity)
+    assert stale_reason(directory, identity) is None and len(TokenizedDataset(directory)) == 8
+    shard = directory / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-5])
+    assert "damaged" in stale_reason(directory, identity) and "shard-00000" in stale_reason(directory, identity)
