@@ -60,6 +60,7 @@ VIEWS: dict[str, View] = {
     "voxels": View("Model3D", "canvas", False),
 }
 FILES_ONLY = View("", "", False)  # a medium without a view yet: its files are still offered to download
+CSS = ".mmar-result img { image-rendering: pixelated; }"  # 32x32 samples shown large stay crisp
 
 
 @dataclass
@@ -196,7 +197,7 @@ def _generate_tab(entry: Entry, index: int, modality: str | None, out: Path) -> 
                 view = VIEWS.get(medium, FILES_ONLY)
                 if view.component:
                     options = {"columns": 4, "format": "png"} if view.many else {}
-                    views.append(getattr(gr, view.component)(label=medium, **options))
+                    views.append(getattr(gr, view.component)(label=medium, elem_classes=["mmar-result"], **options))
             files = gr.File(label="download", file_count="multiple", interactive=False)
             info = gr.Markdown()
             command = gr.Code(label="repeat it: mmar generate", language="shell", interactive=False)
@@ -273,7 +274,7 @@ def launch(demo: Demo, config: DemoConfig, block: bool = True):
     return demo.blocks.launch(server_name=config.host, server_port=config.port, share=False, inbrowser=False,
                               prevent_thread_lock=not block, allowed_paths=[str(demo.out)], blocked_paths=blocked,
                               max_file_size=config.max_file_size, show_error=False, ssr_mode=False,
-                              enable_monitoring=False, run_history=False, mcp_server=False, quiet=not block)
+                              enable_monitoring=False, run_history=False, mcp_server=False, quiet=not block, css=CSS)
 
 
 def config_from(args: argparse.Namespace) -> DemoConfig:

@@ -173,6 +173,30 @@ def test_random_seed_is_drawn_and_reported(demo):
     assert isinstance(seed, int) and f"--seed {seed} " in command
 
 
+def test_progress_follows_every_position_or_scale(demo):
+    for entry in demo.entries:
+        if entry.pipeline is None or len(entry.pipeline.modalities) > 1:
+            continue
+        pipe, seen = entry.pipeline, []
+        pipe(PROMPT, modality="image", progress=lambda *step: seen.append(step), **(
+            {"num_steps": 1} if pipe.head == "flow_matching" else {}))
+        spec = pipe.spec("image")
+        total = len(spec.scales) if spec.scales else spec.num_tokens  # a scale per step, else a position
+        assert seen == [("image", done, total) for done in range(1, total + 1)], entry.label
+
+
+def test_media_writers_get_the_tokenizers_own_settings():
+    from types import SimpleNamespace
+
+    from demos.app import _writer_options
+    from mmar.media import WRITERS
+
+    audio = SimpleNamespace(config=SimpleNamespace(sample_rate=24000, fps=30))
+    assert _writer_options(WRITERS["audio"].save, audio) == {"sample_rate": 24000}
+    assert _writer_options(WRITERS["video"].save, audio) == {"fps": 30}
+    assert _writer_options(WRITERS["image"].save, audio) == {}
+
+
 # --- a real server, driven by gradio_client --------------------------------------------------
 
 def _free_port() -> int:
