@@ -38,8 +38,9 @@ import gradio as gr  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from demos.catalog import QUICKSTART, Entry, describe, example_prompts, load_entries  # noqa: E402
-from demos.controls import (COMMON, MAX_SEED, Control, check, check_prompt, checked_values,  # noqa: E402
-                            head_controls, prompt_budget, reproduce_command, sampling_arguments, shared_controls)
+from demos.controls import (CAPTION_TEMPERATURE, COMMON, MAX_SEED, NUM_SAMPLES, SEED, Control, check,  # noqa: E402
+                            check_prompt, checked_values, head_controls, prompt_budget, reproduce_command,
+                            sampling_arguments, shared_controls)
 from mmar.images import from_pil  # noqa: E402
 from mmar.media import default_name, save_media, writer  # noqa: E402
 
@@ -119,7 +120,10 @@ def _make_generate(entry: Entry, modality: str | None, controls: list[Control], 
             raise gr.Error(str(error), title="Check the settings") from None
         report = lambda name, done, total: progress((done, total), desc=f"{name}: drawing", unit="steps")  # noqa: E731
         with entry.lock:
-            outputs = pipe(prompt, modality=modality, progress=report, **sampling_arguments(chosen))
+            try:
+                outputs = pipe(prompt, modality=modality, progress=report, **sampling_arguments(chosen))
+            except ValueError as error:  # the pipeline's own checks, should a value pass ours
+                raise gr.Error(str(error), title="Check the settings") from None
             names = pipe.last_modalities
         folder = _request_folder(out)
         files = []
@@ -149,8 +153,7 @@ def _make_caption(entry: Entry, readable: list[str]):
         try:
             if modality not in readable:
                 raise ValueError(f"caption with one of {', '.join(readable)}; got {modality!r}")
-            temperature = check(Control("temperature", "temperature", "float", 0.0, 0.0, 5.0), temperature)
-            seed = check(COMMON[1], seed)
+            temperature, seed = check(CAPTION_TEMPERATURE, temperature), check(SEED, seed)
             if not path:
                 raise ValueError("upload an image to caption first")
             try:
@@ -186,7 +189,7 @@ def _generate_tab(entry: Entry, index: int, modality: str | None, out: Path) -> 
             examples = example_prompts(pipe, names)
             if examples:
                 gr.Examples([[p] for p in examples], inputs=[prompt], label="example prompts")
-            num = gr.Slider(1, COMMON[0].maximum, value=1, step=1, label="number of samples")
+            num = _control_component(NUM_SAMPLES)
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="seed")
                 random_seed = gr.Checkbox(value=False, label="random seed")
@@ -197,7 +200,8 @@ def _generate_tab(entry: Entry, index: int, modality: str | None, out: Path) -> 
                 view = VIEWS.get(medium, FILES_ONLY)
                 if view.component:
                     options = {"columns": 4, "format": "png"} if view.many else {}
-                    views.append(getattr(gr, view.component)(label=medium, elem_classes=["mmar-result"], **options))
+                    component = getattr(gr, view.component)
+                    views.append(component(label=f"generated {medium}", elem_classes=["mmar-result"], **options))
             files = gr.File(label="download", file_count="multiple", interactive=False)
             info = gr.Markdown()
             command = gr.Code(label="repeat it: mmar generate", language="shell", interactive=False)
@@ -214,7 +218,7 @@ def _caption_tab(entry: Entry, index: int, readable: list[str]) -> None:
         with gr.Column():
             upload = getattr(gr, VIEWS[medium].upload)(label=f"{medium} to caption", type="filepath")
             modality = gr.Dropdown(readable, value=readable[0], label="read by", visible=len(readable) > 1)
-            temperature = gr.Slider(0, 5, value=0, step=0.05, label="temperature", info="0 is greedy")
+            temperature = _control_component(CAPTION_TEMPERATURE)
             seed = gr.Number(value=0, precision=0, label="seed")
             button = gr.Button("Caption", variant="primary")
         text = gr.Textbox(label="caption", interactive=False)

@@ -41,10 +41,11 @@ class Control(NamedTuple):
     info: str = ""
 
 
-COMMON = (
-    Control("num_samples", "number of samples", "int", 1, 1, MAX_SAMPLES, 1, "--num"),
-    Control("seed", "seed", "int", 0, 0, MAX_SEED, 1, "--seed"),
-)
+NUM_SAMPLES = Control("num_samples", "number of samples", "int", 1, 1, MAX_SAMPLES, 1, "--num")
+SEED = Control("seed", "seed", "int", 0, 0, MAX_SEED, 1, "--seed")
+COMMON = (NUM_SAMPLES, SEED)  # every generate tab has these, before its head's controls
+CAPTION_TEMPERATURE = Control("temperature", "temperature", "float", 0.0, 0.0, MAX_TEMPERATURE, 0.05, "--temperature",
+                              info="0 is greedy")
 
 
 def head_controls(pipeline, modality: str) -> list[Control]:

@@ -23,7 +23,7 @@ from mmar.transformer import TransformerConfig
 from tokenizers_vq import TOKENIZERS
 
 gr = pytest.importorskip("gradio")  # the demo extra; installed by `make test`
-from demos.app import DemoConfig, build_app, launch  # noqa: E402
+from demos.app import VIEWS, DemoConfig, build_app, launch  # noqa: E402
 from demos.catalog import find_pipelines  # noqa: E402
 
 HEAD_TOKENIZER = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow_matching": "image_kl"}
@@ -271,6 +271,15 @@ def test_only_the_output_folder_is_served(server, runs, demo, client):
         assert httpx.get(f"{server}gradio_api/file={path}").status_code == 403, path
 
 
+def test_uploads_are_capped_and_kept_under_the_output_folder(server, demo):
+    import httpx
+
+    small = httpx.post(f"{server}gradio_api/upload", files={"files": ("a.png", b"x" * 1000)})
+    assert small.status_code == 200 and Path(small.json()[0]).resolve().is_relative_to(demo.out)
+    large = httpx.post(f"{server}gradio_api/upload", files={"files": ("b.png", b"x" * (6 * 1024 * 1024))})
+    assert large.status_code == 413, large.text
+
+
 def test_a_full_queue_answers_at_once(client, demo):
     from gradio_client.exceptions import AppError
     from gradio_client.utils import QueueError, Status
@@ -299,7 +308,7 @@ def test_a_full_queue_answers_at_once(client, demo):
 
 # --- a real browser ----------------------------------------------------------------------------
 
-def test_a_browser_generates_and_sees_the_image(server, tmp_path):
+def test_a_browser_generates_and_sees_the_result(server, demo, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("Debian chromium is not installed: run `make system-data` (as root; it runs "
@@ -315,8 +324,10 @@ def test_a_browser_generates_and_sees_the_image(server, tmp_path):
             page.goto(server, wait_until="networkidle", timeout=60_000)
             page.get_by_label("prompt").first.fill(PROMPT)
             page.get_by_role("button", name="Generate").first.click()
-            result = page.locator('img[src*="gradio_api/file="]').first  # VIEWS["image"].element, served from --out
-            result.wait_for(state="visible", timeout=120_000)
+            first = next(e.pipeline for e in demo.entries if e.pipeline is not None)  # the page shown first
+            for medium in dict.fromkeys(first.spec(m).medium for m in first.modalities):
+                element = VIEWS[medium].element  # img, video, audio: each served from --out
+                page.locator(f'{element}[src*="gradio_api/file="]').first.wait_for(state="visible", timeout=120_000)
             page.wait_for_timeout(500)
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
             if os.environ.get("MMAR_DEMO_SCREENSHOT"):  # the README's picture: MMAR_DEMO_SCREENSHOT=demos/assets/demo.png
