@@ -15,12 +15,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
-# Fashion-MNIST, the real offline image set the tests read, comes from a Debian package.
+# Debian packages the tests need: Fashion-MNIST (the real offline image set) and chromium (the demo's
+# browser test drives it through Playwright; nothing is downloaded by `playwright install`).
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium
+
 system-data:
-	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
+	@missing=""; for package in $(SYSTEM_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "run: sudo apt-get install -y dataset-fashion-mnist"; exit 1; fi; }
+	    apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "run: sudo apt-get install -y$$missing"; exit 1; fi; }
 
 quickstart: venv
 	$(VENV)/bin/mmar quickstart --out runs/quickstart

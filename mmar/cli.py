@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   mmar train --tokenizer runs/vq/tokenizer --head next_token --out runs/ar --set model.num_layers=6
   mmar train --config joint.json --out runs/mix     # a mixture of modality runs (see README)
   mmar eval --model runs/quickstart/pipeline
+  mmar demo runs                                    # the Gradio demo over every pipeline under runs/ (127.0.0.1:7860)
   mmar bench
 """
 
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="write the report JSON here")
     evaluate.add_argument("--plot", default=None, help="with several --steps: write accuracy vs steps as a PNG here")
 
+    demo = commands.add_parser("demo", help="the Gradio demo over every pipeline in a folder (this machine only by default)",
+                               description="A page with a model picker over every pipeline found in DIR, one tab "
+                               "per modality (plus captions), served on 127.0.0.1 unless --host says otherwise. "
+                               "Results go to --out, the only folder the server reads files from.")
+    add_demo_arguments(demo)
+
     bench = commands.add_parser("bench", help="measure generation and training speed (tokens/s, images/s)")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
     bench.add_argument("--device", type=_device, default=None, help="cpu or cuda (default: cuda when available)")
@@ -222,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compile", action="store_true", default=None,
                        help="also time the torch.compile'd decode step (always on CUDA; ~30 s of compiling per row on CPU)")
     return parser
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, shared by `mmar demo` and `python demos/app.py`; None = demos.app.DemoConfig's default."""
+    parser.add_argument("root", nargs="?", default=None, metavar="DIR",
+                        help="a pipeline folder or a folder of runs (default: runs)")
+    parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 7860)")
+    parser.add_argument("--out", default=None, help="where results are written, the only folder served (default runs/demo)")
+    parser.add_argument("--queue-size", type=int, default=None, help="requests that may wait at once (default 16)")
+    parser.add_argument("--max-file-size", default=None, help="largest upload, e.g. 5mb (default)")
+    parser.add_argument("--device", default=None, help="cpu (default) or cuda")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,6 +480,14 @@ def _eval(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from demos.app import build_app, config_from, launch  # gradio is imported here, never by `import mmar`
+
+    config = config_from(args)
+    launch(build_app(config), config)
+    return 0
+
+
 def _bench(args) -> int:
     from mmar.bench import run_bench
 
@@ -469,7 +496,7 @@ def _bench(args) -> int:
 
 
 COMMANDS = {"quickstart": _quickstart, "train-tokenizer": _train_tokenizer, "train": _train,
-            "generate": _generate, "caption": _caption, "eval": _eval, "bench": _bench}
+            "generate": _generate, "caption": _caption, "eval": _eval, "demo": _demo, "bench": _bench}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -125,8 +125,12 @@ def generate(
     teacher_inputs: Callable[[torch.Tensor], torch.Tensor] | None = None,
     use_cache: bool = True,
     compile_step: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Fill one `modality` segment after each byte prompt.
+
+    `progress(done, total)` is called after every drawn position (next-token, flow) or scale
+    (next-scale), from the Python loop, outside the compiled step: a demo's progress bar.
 
     Returns codes (N, *token_shape) (next-token; multi-codebook codes (N, *token_shape, Q) after
     undoing the pattern), flat multi-scale codes (N, L) (next-scale, which needs the tokenizer's
@@ -144,8 +148,8 @@ def generate(
     start = batch.positions[:, -1, 0] + 1  # (B,) the grid opens one past <m>
     try:
         if spec.kind == "scales":
-            return _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs)
-        return _fill_causal(model, sequence, spec, start, config, generator)
+            return _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs, progress)
+        return _fill_causal(model, sequence, spec, start, config, generator, progress)
     finally:
         sequence.close()
 
@@ -159,7 +163,7 @@ def _sample(model: MMAR, name: str, hidden: torch.Tensor, config: SamplingConfig
                                     top_p=config.top_p, generator=generator, **config.head_options, **options)
 
 
-def _fill_causal(model, sequence, spec, start, config, generator) -> torch.Tensor:
+def _fill_causal(model, sequence, spec, start, config, generator, progress=None) -> torch.Tensor:
     """Next-token or flow: one position (pattern step) per transformer call, raster order."""
     name, n = spec.name, spec.num_tokens
     positions = grid_positions(spec.grid, start, n)  # (B, n, 3)
@@ -172,6 +176,8 @@ def _fill_causal(model, sequence, spec, start, config, generator) -> torch.Tenso
         if holes is not None:
             token = token.masked_fill(holes[i], patterns.IGNORE)  # (N, Q) a hole stays a hole
         drawn.append(token)
+        if progress is not None:
+            progress(i + 1, n)
         if i == n - 1:
             break
         if copies > 1:
@@ -184,12 +190,14 @@ def _fill_causal(model, sequence, spec, start, config, generator) -> torch.Tenso
     return out.reshape(out.shape[0], *spec.output_shape, *out.shape[2:])
 
 
-def _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs) -> torch.Tensor:
+def _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs, progress=None) -> torch.Tensor:
     """Next-scale: scale 1 from the `<m>` position, then one transformer call per scale (VAR)."""
     name, scales = spec.name, spec.scales
     positions = scale_positions(scales, spec.grid, start)  # (B, L, 3)
     copies = 2 if config.guided else 1
     codes = _sample(model, name, sequence.last_hidden, config, config.guidance_at(0, len(scales)), generator)[:, None]  # (N, 1)
+    if progress is not None:
+        progress(1, len(scales))
     offset = 1
     for k, (h, w) in enumerate(scales[1:], start=1):
         inputs = teacher_inputs(codes)[:, -h * w:]  # (N, h*w, C)
@@ -200,6 +208,8 @@ def _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs
         drawn = _sample(model, name, hidden.flatten(0, 1), config, config.guidance_at(k, len(scales)), generator)  # (N*h*w,)
         codes = torch.cat([codes, drawn.view(codes.shape[0], h * w)], dim=1)  # (N, offset + h*w)
         offset += h * w
+        if progress is not None:
+            progress(k + 1, len(scales))
     return codes
 
 

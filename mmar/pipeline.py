@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
@@ -199,19 +199,23 @@ class Pipeline:
 
     @torch.no_grad()
     def generate_tokens(self, prompts: list[str], config: SamplingConfig, modality: str | None = None,
-                        use_cache: bool = True, compile_step: bool = False) -> torch.Tensor:
+                        use_cache: bool = True, compile_step: bool = False,
+                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         modality = self._check(modality) if modality else self.modality
         tokenizer = self.tokenizers[modality]
         teacher_inputs = getattr(tokenizer, "teacher_inputs", None)
         prompts = [p.to(self.device) for p in self.encode_prompts(prompts, modality)]
         return generate(self.model, prompts, modality, config, teacher_inputs=teacher_inputs, use_cache=use_cache,
-                        compile_step=compile_step)
+                        compile_step=compile_step, progress=progress)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, modality: str | None = None,
                  guidance_scale: float = 3.0, guidance_schedule: str = "constant", temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, **head_options) -> list[Any]:
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 progress: Callable[[str, int, int], None] | None = None, **head_options) -> list[Any]:
         """Generate `num_images_per_prompt` items for each prompt, prompt-major order.
+
+        `progress(modality, done, total)` follows each modality's positions or scales as they are drawn.
 
         `modality=None`: a one-modality pipeline uses its modality; otherwise the text head picks one
         per item (`choose`), and `self.last_modalities` says which.
@@ -228,7 +232,8 @@ class Pipeline:
         outputs: list[Any] = [None] * len(repeated)
         for name in dict.fromkeys(chosen):  # each chosen modality once, in first-seen order
             rows = [i for i, m in enumerate(chosen) if m == name]
-            tokens = self.generate_tokens([repeated[i] for i in rows], config, name)
+            step = None if progress is None else lambda done, total, name=name: progress(name, done, total)
+            tokens = self.generate_tokens([repeated[i] for i in rows], config, name, progress=step)
             decoded = self.tokenizers[name].decode(tokens)  # (n, *data_shape)
             for i, item in zip(rows, decoded):
                 outputs[i] = _to_output(self.spec(name).medium, item)
