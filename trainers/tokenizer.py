@@ -47,8 +47,10 @@ def build_tokenizer(config: TokenizerTrainConfig):
     if config.tokenizer not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {config.tokenizer!r}; known: {sorted(TOKENIZERS)}")
     cls = TOKENIZERS[config.tokenizer]
-    return cls.from_config_dict({"image_size": config.data.size, **config.tokenizer_config}
-                                if "image_size" in cls.Config.__dataclass_fields__ else dict(config.tokenizer_config))
+    # Settings the data fixes (image side, audio rate) reach the tokenizer fields of the same meaning it has.
+    from_data = {"image_size": config.data.size, "sample_rate": config.data.sample_rate}
+    fields = cls.Config.__dataclass_fields__
+    return cls.from_config_dict({**{k: v for k, v in from_data.items() if k in fields}, **config.tokenizer_config})
 
 
 def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
@@ -84,10 +86,10 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
                                    accelerator.num_processes, config.optim.grad_accum)
         metrics: dict[str, float] = {}
         for i, indices in enumerate(micro_batches):
-            images = torch.stack([source[j][0] for j in indices]).to(device)  # (b, 3, H, W)
+            items = torch.stack([source[j][0] for j in indices]).to(device)  # (b, *data_shape)
             sync = accelerator.no_sync(tokenizer) if i < len(micro_batches) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                result = tokenizer(images, generator)  # forward = training_loss, through DDP when distributed
+                result = tokenizer(items, generator)  # forward = training_loss, through DDP when distributed
                 accelerator.backward(result.loss / len(micro_batches))
             for key, value in result.metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + float(value) / len(micro_batches)
@@ -118,7 +120,7 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
     if main:
         final = build_tokenizer(config).to(device)
         ema.copy_to(final)
-        held_out = torch.stack([source[j][0] for j in range(num_train, len(source))])  # (E, 3, H, W)
+        held_out = torch.stack([source[j][0] for j in range(num_train, len(source))])  # (E, *data_shape)
         final.calibrate(torch.stack([source[j][0] for j in range(min(512, num_train))]).to(device))
         final.save_pretrained(export)
         report = reconstruction_metrics(final, held_out.to(device))

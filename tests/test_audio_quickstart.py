@@ -1,0 +1,44 @@
+"""The audio recipe end to end on a seconds-long config, and `mmar generate --modality audio` to WAV."""
+
+import json
+import subprocess
+import sys
+
+import soundfile
+
+from mmar.pipeline import Pipeline
+from trainers.quickstart import run_quickstart
+
+
+def test_tiny_audio_quickstart_then_generate_wav(tmp_path):
+    out = tmp_path / "qs"
+    report = run_quickstart(out=out, recipe="audio", tiny=True, num_prompts=3, per_prompt=1, pattern="flat")
+    for name in ("samples.png", "curves.png", "report.md", "report.json", "pipeline/pipeline.json",
+                 "tokenizer_run/report.json", "ar_run/metrics.jsonl"):
+        assert (out / name).is_file(), name
+    wavs = sorted((out / "samples").glob("*.wav"))
+    assert len(wavs) == 4 and soundfile.info(wavs[0]).subtype == "PCM_16" and soundfile.info(wavs[0]).samplerate == 16000
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["prompt_following"]["count"] == 3 and set(saved["prompt_following"]) >= {"pitch", "rhythm", "all"}
+    assert saved["pattern"] == "flat" and saved["transformer_calls_per_second_of_audio"] == 25 * 4 / 0.5
+    assert set(saved["tokenizer"]["levels"]) == {"1", "2", "4"} and saved["tokenizer"]["bitrate"] == 50 * 4 * 4
+    assert report["heads"] == {"audio": "next_token"}
+    pipeline = Pipeline.from_pretrained(out / "pipeline")
+    assert pipeline.modalities == ["audio"] and pipeline.spec("audio").pattern == "flat"
+
+    command = [sys.executable, "-m", "mmar.cli", "generate", "--model", str(out / "pipeline"), "--modality", "audio",
+               "--prompt", "a pluck playing E4 four times", "--num", "2"]
+    single = subprocess.run(command[:-2] + ["--num", "1", "--out", str(tmp_path / "a.wav")], capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    samples, rate = soundfile.read(tmp_path / "a.wav", dtype="int16")
+    assert rate == 16000 and samples.shape == (8000,)
+    folder = subprocess.run(command + ["--out", str(tmp_path / "clips")], capture_output=True, text=True, timeout=300)
+    assert folder.returncode == 0, folder.stderr
+    assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == ["000.wav", "001.wav"]
+    wrong = subprocess.run(command + ["--out", str(tmp_path / "a.png")], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "audio .wav" in wrong.stderr and "\n" not in wrong.stderr.strip()
+    demo = subprocess.run([sys.executable, "demos/text_to_audio.py", "--model", str(out / "pipeline"), "--num", "2",
+                           "--out", str(tmp_path / "demo.wav")], capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 0, demo.stderr
+    assert (tmp_path / "demo-000.wav").is_file() and (tmp_path / "demo-001.wav").is_file()
