@@ -3,7 +3,8 @@
 16 kHz mono; strides (4, 4, 4, 5) make one frame of Q codes every 320 samples (50 frames per
 second), 4 levels of 256 codes by default (1.6 kbit/s). The shape follows SoundStream / EnCodec
 (Zeghidour et al. 2021, arXiv:2107.03312; Défossez et al. 2022, arXiv:2210.13438): residual units
-of dilated convolutions between strided convolutions whose kernel is twice the stride; no
+of dilated convolutions between strided convolutions whose kernel is twice the stride, with DAC's
+periodic Snake activation (Kumar et al. 2023, arXiv:2306.06546); no
 adversarial loss (no discriminator trains in minutes on a CPU), but waveform L1 + multi-resolution
 STFT + multi-scale mel distances (tokenizers_vq/audio_losses.py) + the RVQ commitment loss.
 Quantizer dropout (SoundStream) trains the first q levels to decode on their own, so decoding with
@@ -42,7 +43,8 @@ class AudioCodecConfig:
     commitment_weight: float = 0.25
     dead_code_steps: int = 20  # restart a code unused for this many steps; 0 = never
     quantizer_dropout: float = 0.5  # share of training items that use only their first 1..Q-1 levels
-    waveform_weight: float = 1.0  # L1 on samples
+    activation: str = "snake"  # "snake" (periodic, DAC) | "elu" (SoundStream / EnCodec)
+    waveform_weight: float = 0.1  # L1 on samples (small: early on it pulls an unsure decoder towards silence)
     stft_weight: float = 1.0  # multi-resolution STFT loss
     mel_weight: float = 1.0  # multi-scale log-mel L1
 
@@ -52,20 +54,43 @@ class AudioCodecConfig:
         if self.num_codebooks < 1 or self.codebook_size < 2:
             raise ValueError(f"need num_codebooks >= 1 and codebook_size >= 2, got {self.num_codebooks}, "
                              f"{self.codebook_size}")
+        if self.activation not in ("snake", "elu"):
+            raise ValueError(f"activation must be 'snake' or 'elu', got {self.activation!r}")
         if self.sample_rate < 1000:
             raise ValueError(f"sample_rate {self.sample_rate} Hz is too low for the spectral losses")
 
 
-class ResidualUnit(nn.Module):
-    """ELU -> dilated conv k=3 -> ELU -> conv k=1, plus the input: (B, C, S) -> (B, C, S)."""
+class Snake(nn.Module):
+    """x + sin^2(alpha x) / alpha per channel (Ziyin et al. 2020, arXiv:2006.08195; DAC, arXiv:2306.06546):
+    a periodic bias that lets a small decoder make tones in hundreds of steps instead of thousands."""
 
-    def __init__(self, channels: int, dilation: int) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))  # (1, C, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.sin(self.alpha * x).pow(2) / (self.alpha + 1e-9)  # (B, C, S)
+
+
+def activation(name: str, channels: int) -> nn.Module:
+    if name == "snake":
+        return Snake(channels)
+    if name == "elu":
+        return nn.ELU()
+    raise ValueError(f"activation must be 'snake' or 'elu', got {name!r}")
+
+
+class ResidualUnit(nn.Module):
+    """act -> dilated conv k=3 -> act -> conv k=1, plus the input: (B, C, S) -> (B, C, S)."""
+
+    def __init__(self, channels: int, dilation: int, kind: str = "snake") -> None:
+        super().__init__()
+        self.first, self.second = activation(kind, channels), activation(kind, channels)
         self.dilated = nn.Conv1d(channels, channels, 3, dilation=dilation, padding=dilation)
         self.pointwise = nn.Conv1d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.pointwise(F.elu(self.dilated(F.elu(x))))  # (B, C, S)
+        return x + self.pointwise(self.second(self.dilated(self.first(x))))  # (B, C, S)
 
 
 def _widths(config: AudioCodecConfig) -> list[int]:
@@ -85,11 +110,12 @@ class AudioEncoder(nn.Module):
         layers: list[nn.Module] = [nn.Conv1d(1, widths[0], 7, padding=3)]
         for level, (stride, width, wider) in enumerate(zip(config.strides, widths, widths[1:])):
             if level > 0:
-                layers += [ResidualUnit(width, d) for d in config.dilations]
+                layers += [ResidualUnit(width, d, config.activation) for d in config.dilations]
             # kernel 2s, padding ceil(s/2): exactly S / s outputs for any S divisible by s
-            layers += [nn.ELU(), nn.Conv1d(width, wider, 2 * stride, stride=stride, padding=math.ceil(stride / 2))]
-        layers += [ResidualUnit(widths[-1], d) for d in config.dilations]
-        layers += [nn.ELU(), nn.Conv1d(widths[-1], config.latent_dim, 3, padding=1)]
+            layers += [activation(config.activation, width),
+                       nn.Conv1d(width, wider, 2 * stride, stride=stride, padding=math.ceil(stride / 2))]
+        layers += [ResidualUnit(widths[-1], d, config.activation) for d in config.dilations]
+        layers += [activation(config.activation, widths[-1]), nn.Conv1d(widths[-1], config.latent_dim, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -103,15 +129,16 @@ class AudioDecoder(nn.Module):
         super().__init__()
         widths = _widths(config)[::-1]
         layers: list[nn.Module] = [nn.Conv1d(config.latent_dim, widths[0], 7, padding=3)]
-        layers += [ResidualUnit(widths[0], d) for d in config.dilations]
+        layers += [ResidualUnit(widths[0], d, config.activation) for d in config.dilations]
         last = len(config.strides) - 1
         for level, (stride, width, narrower) in enumerate(zip(config.strides[::-1], widths, widths[1:])):
             padding = math.ceil(stride / 2)
-            layers += [nn.ELU(), nn.ConvTranspose1d(width, narrower, 2 * stride, stride=stride, padding=padding,
-                                                    output_padding=2 * padding - stride)]  # exactly T * s outputs
+            layers += [activation(config.activation, width),
+                       nn.ConvTranspose1d(width, narrower, 2 * stride, stride=stride, padding=padding,
+                                          output_padding=2 * padding - stride)]  # exactly T * s outputs
             if level < last:
-                layers += [ResidualUnit(narrower, d) for d in config.dilations]
-        layers += [nn.ELU(), nn.Conv1d(widths[-1], 1, 7, padding=3)]
+                layers += [ResidualUnit(narrower, d, config.activation) for d in config.dilations]
+        layers += [activation(config.activation, widths[-1]), nn.Conv1d(widths[-1], 1, 7, padding=3)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:

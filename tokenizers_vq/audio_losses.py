@@ -35,11 +35,14 @@ def magnitudes(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
 
 
 def log_mel(audio: torch.Tensor, sample_rate: int, n_fft: int = 1024, num_mels: int = 64) -> torch.Tensor:
-    """audio (B, S) -> log10 mel power (B, M, frames), floored at 1e-5."""
+    """audio (B, S) -> log10(mel power + 1e-5) (B, M, frames).
+
+    An added floor, not a clamp: a clamp has no gradient below it, and a quiet untrained decoder
+    would get no signal from the spectral losses at all."""
     filters = _mel_filterbank(n_fft, num_mels, sample_rate).to(audio.device, audio.dtype)  # (F, M)
     power = magnitudes(audio, n_fft).pow(2)  # (B, F, frames)
     mel = torch.einsum("bft,fm->bmt", power, filters)  # (B, M, frames)
-    return mel.clamp_min(1e-5).log10()  # (B, M, frames)
+    return (mel + 1e-5).log10()  # (B, M, frames)
 
 
 def multi_resolution_stft_loss(prediction: torch.Tensor, target: torch.Tensor,
@@ -49,7 +52,7 @@ def multi_resolution_stft_loss(prediction: torch.Tensor, target: torch.Tensor,
     for n_fft in sizes:
         predicted, wanted = magnitudes(prediction, n_fft), magnitudes(target, n_fft)  # (B, F, frames) each
         convergence = (wanted - predicted).norm() / wanted.norm().clamp_min(1e-7)  # ()
-        log_distance = (wanted.clamp_min(1e-5).log() - predicted.clamp_min(1e-5).log()).abs().mean()  # ()
+        log_distance = ((wanted + 1e-5).log() - (predicted + 1e-5).log()).abs().mean()  # () floored, not clamped
         total = total + convergence + log_distance
     return total / len(sizes)
 
