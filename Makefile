@@ -15,12 +15,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
-# Fashion-MNIST, the real offline image set the tests read, comes from a Debian package.
+# Fashion-MNIST, the real offline image set the tests read, and espeak-ng, which makes the speech
+# source's clips, come from Debian packages.
+SYSTEM_PACKAGES := dataset-fashion-mnist espeak-ng
 system-data:
-	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "run: sudo apt-get install -y dataset-fashion-mnist"; exit 1; fi; }
+	    apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "run: sudo apt-get install -y$$missing"; exit 1; fi; fi
 
 quickstart: venv
 	$(VENV)/bin/mmar quickstart --out runs/quickstart

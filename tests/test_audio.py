@@ -195,3 +195,27 @@ def test_a_generated_clip_round_trips_through_wav_bit_exactly(tmp_path):
     assert rate == 16000 and np.array_equal(back[:, 0], media.pcm16(clip)[:, 0])
     reread = load_audio(path, 16000, 16000)  # through the folder source's reader
     assert torch.allclose(reread, clip, atol=1 / 32767 + 1e-7)
+
+
+# --- speech (espeak-ng, installed by `make test`) ---------------------------------------------------
+def test_speech_says_its_caption_deterministically():
+    from mmar.data.speech import HELD_OUT_VOICES, VOICES, WORDS, SpeechDataset
+
+    dataset = SpeechDataset(4, seconds=1.0, seed=0)
+    audio, text = dataset[1]
+    assert audio.shape == (1, 16000) and text in WORDS and float(audio.abs().max()) > 0.05
+    assert torch.equal(SpeechDataset(4, seconds=1.0, seed=0)[1][0], audio)  # espeak-ng is deterministic
+    assert not set(HELD_OUT_VOICES) & set(VOICES)
+    other = SpeechDataset(2, words=("stop",), voices=(HELD_OUT_VOICES[0],))
+    assert other[0][1] == "stop" and not torch.equal(other[0][0], SpeechDataset(2, words=("go",))[0][0])
+
+
+def test_speech_without_espeak_is_one_line_naming_the_package(monkeypatch):
+    import shutil
+
+    from mmar.data.speech import SpeechDataset
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="apt-get install -y espeak-ng") as error:
+        SpeechDataset(2)
+    assert "\n" not in str(error.value)

@@ -10,7 +10,7 @@ from mmar.pipeline import Pipeline
 from trainers.quickstart import run_quickstart
 
 
-def test_tiny_audio_quickstart_then_generate_wav(tmp_path):
+def test_tiny_audio_quickstart_then_generate_wav(tmp_path, capsys):
     out = tmp_path / "qs"
     report = run_quickstart(out=out, recipe="audio", tiny=True, num_prompts=3, per_prompt=1, pattern="flat")
     for name in ("samples.png", "curves.png", "report.md", "report.json", "pipeline/pipeline.json",
@@ -26,19 +26,25 @@ def test_tiny_audio_quickstart_then_generate_wav(tmp_path):
     pipeline = Pipeline.from_pretrained(out / "pipeline")
     assert pipeline.modalities == ["audio"] and pipeline.spec("audio").pattern == "flat"
 
-    command = [sys.executable, "-m", "mmar.cli", "generate", "--model", str(out / "pipeline"), "--modality", "audio",
-               "--prompt", "a pluck playing E4 four times", "--num", "2"]
-    single = subprocess.run(command[:-2] + ["--num", "1", "--out", str(tmp_path / "a.wav")], capture_output=True,
-                            text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
+    from demos.text_to_audio import main as demo
+    from mmar.cli import main as cli
+
+    command = ["generate", "--model", str(out / "pipeline"), "--modality", "audio", "--prompt",
+               "a pluck playing E4 four times"]
+    assert cli(command + ["--num", "1", "--out", str(tmp_path / "a.wav")]) == 0
     samples, rate = soundfile.read(tmp_path / "a.wav", dtype="int16")
     assert rate == 16000 and samples.shape == (8000,)
-    folder = subprocess.run(command + ["--out", str(tmp_path / "clips")], capture_output=True, text=True, timeout=300)
-    assert folder.returncode == 0, folder.stderr
+    assert cli(command + ["--num", "2", "--out", str(tmp_path / "clips")]) == 0
     assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == ["000.wav", "001.wav"]
-    wrong = subprocess.run(command + ["--out", str(tmp_path / "a.png")], capture_output=True, text=True, timeout=300)
-    assert wrong.returncode == 2 and "audio .wav" in wrong.stderr and "\n" not in wrong.stderr.strip()
-    demo = subprocess.run([sys.executable, "demos/text_to_audio.py", "--model", str(out / "pipeline"), "--num", "2",
-                           "--out", str(tmp_path / "demo.wav")], capture_output=True, text=True, timeout=300)
-    assert demo.returncode == 0, demo.stderr
-    assert (tmp_path / "demo-000.wav").is_file() and (tmp_path / "demo-001.wav").is_file()
+    assert cli(command + ["--num", "2", "--out", str(tmp_path / "many.wav")]) == 0
+    assert (tmp_path / "many-000.wav").is_file() and (tmp_path / "many-001.wav").is_file()
+    assert cli(command + ["--out", str(tmp_path / "a.png")]) == 2
+    assert "audio .wav" in capsys.readouterr().err
+    assert demo(["--model", str(out / "pipeline"), "--out", str(tmp_path / "demo.wav")]) == 0
+    assert soundfile.info(tmp_path / "demo.wav").subtype == "PCM_16"
+
+
+def test_text_to_audio_demo_answers_help():
+    result = subprocess.run([sys.executable, "demos/text_to_audio.py", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "WAV" in result.stdout

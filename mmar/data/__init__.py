@@ -3,8 +3,9 @@
 `DATA_SOURCES` maps a name to its dataset class; each class declares its `modality` (the medium it
 yields, checked against the tokenizer's), a `build` classmethod and a `data_shape` classmethod; `make_source` builds one from
 the few settings a config carries. A new source is one file and one line here. Procedural shapes
-and notes need nothing; Fashion-MNIST needs the Debian package `dataset-fashion-mnist`; "folder"
-and "audio_folder" read a user's folder in the HuggingFace convention.
+and notes need nothing; "speech" needs the Debian package `espeak-ng`; Fashion-MNIST needs
+`dataset-fashion-mnist`; "folder" and "audio_folder" read a user's folder in the HuggingFace
+convention.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mmar.data.fashion_mnist import FashionMNIST
 from mmar.data.folder import ImageFolder
 from mmar.data.notes import NotesDataset
 from mmar.data.shapes import ShapesDataset
+from mmar.data.speech import SpeechDataset
 
 DATA_SOURCES: dict[str, type[torch.utils.data.Dataset]] = {
     "shapes": ShapesDataset,
@@ -23,6 +25,7 @@ DATA_SOURCES: dict[str, type[torch.utils.data.Dataset]] = {
     "folder": ImageFolder,
     "notes": NotesDataset,
     "audio_folder": AudioFolder,
+    "speech": SpeechDataset,
 }
 
 
@@ -54,5 +57,5 @@ def source_class(source: str) -> type[torch.utils.data.Dataset]:
     return DATA_SOURCES[source]
 
 
-__all__ = ["DATA_SOURCES", "AudioFolder", "FashionMNIST", "ImageFolder", "NotesDataset", "ShapesDataset", "make_source", "source_class",
+__all__ = ["DATA_SOURCES", "AudioFolder", "FashionMNIST", "ImageFolder", "NotesDataset", "ShapesDataset", "SpeechDataset", "make_source", "source_class",
            "source_data_shape"]
