@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "dataset, then write the pipeline, a sample grid, training curves and a "
                                 "prompt-following report into --out. --recipe joint trains ONE backbone on "
                                 "next_token, next_scale and flow_matching image runs at once, plus captioning.")
-    quick.add_argument("--recipe", default="single", choices=["single", "joint", "audio"],
+    quick.add_argument("--recipe", default="single", choices=["single", "joint", "audio", "speech"],
                        help="single: one head (--head); joint: all three heads on one backbone + captions; "
-                       "audio: the RVQ codec and one model on procedural notes (WAV samples)")
+                       "audio: the RVQ codec and one model on procedural notes (WAV samples); speech: the same "
+                       "on words spoken by espeak-ng")
     quick.add_argument("--pattern", default="delay", choices=["delay", "flat", "parallel"],
                        help="audio recipe: how the codec's levels are laid out in time (default delay)")
     quick.add_argument("--head", default="next_token", choices=heads, metavar="HEAD",
@@ -215,21 +216,24 @@ def _quickstart(args) -> int:
     from trainers.quickstart import run_quickstart
 
     out = Path(args.out)
-    per_prompt = args.per_prompt or (2 if args.recipe == "audio" else 4)
+    per_prompt = args.per_prompt or (2 if args.recipe in ("audio", "speech") else 4)
     report = run_quickstart(args.head, out, args.overrides, tiny=args.tiny, num_prompts=args.num_prompts,
                             per_prompt=per_prompt, recipe=args.recipe, pattern=args.pattern)
-    if args.recipe == "audio":
+    if args.recipe in ("audio", "speech"):
         score, codec = report["prompt_following"], report["tokenizer"]
-        print(f"\nmmar quickstart (audio, {report['pattern']} pattern) finished in {report['seconds']['total']:.0f} s")
-        print(f"  prompt-following audio (next_token): pitch {score['pitch']:.0%}  rhythm {score['rhythm']:.0%}  "
-              f"both {score['all']:.0%}")
+        print(f"\nmmar quickstart ({args.recipe}, {report['pattern']} pattern) finished in "
+              f"{report['seconds']['total']:.0f} s")
+        if score:
+            print(f"  prompt-following audio (next_token): pitch {score['pitch']:.0%}  rhythm {score['rhythm']:.0%}  "
+                  f"both {score['all']:.0%}")
         print(f"  codec: SI-SNR {codec['si_snr']:.1f} dB  mel distance {codec['mel_distance']:.3f}  "
               f"{codec['bitrate']:.0f} bit/s  ({report['transformer_calls_per_second_of_audio']:g} transformer "
               "calls per second of audio)")
         for name in ("pipeline", "samples", "samples.png", "curves.png", "report.md", "report.json"):
             print(f"  {name:<12} {out / name}")
+        prompt = "a pluck playing E4 four times" if args.recipe == "audio" else "stop"
         print(f'\ngenerate more:\n  mmar generate --model {out / "pipeline"} --modality audio --prompt '
-              f'"a pluck playing E4 four times" --num 1 --out a.wav')
+              f'"{prompt}" --num 1 --out a.wav')
         return 0
     title = args.head if args.recipe == "single" else "joint: " + ", ".join(report["heads"].values())
     print(f"\nmmar quickstart ({title}) finished in {report['seconds']['total']:.0f} s")

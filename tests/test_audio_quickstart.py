@@ -48,3 +48,15 @@ def test_text_to_audio_demo_answers_help():
     result = subprocess.run([sys.executable, "demos/text_to_audio.py", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "WAV" in result.stdout
+
+
+def test_tiny_speech_quickstart_command(tmp_path):
+    """`mmar quickstart --recipe speech`: espeak-ng words through the same codec + model path."""
+    from mmar.cli import main as cli
+
+    out = tmp_path / "speech"
+    assert cli(["quickstart", "--recipe", "speech", "--tiny", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"] == "speech" and report["prompt_following"] is None and report["pattern"] == "delay"
+    assert len(list((out / "samples").glob("*.wav"))) == 4 and (out / "samples.png").is_file()
+    assert Pipeline.from_pretrained(out / "pipeline").sources == {"audio": "speech"}

@@ -21,7 +21,7 @@ HEAD_TOKENIZER = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow
 JOINT_RUNS = {"image_token": "next_token", "image_scale": "next_scale", "image_flow": "flow_matching"}
 #: the joint run that also learns to caption (the other two only generate)
 JOINT_CAPTIONER = "image_token"
-RECIPES = ("single", "joint", "audio")
+RECIPES = ("single", "joint", "audio", "speech")
 #: the audio recipe's clips: procedural notes, 1 s at 16 kHz (50 codec frames of 4 levels)
 AUDIO_SECONDS = 1.0
 
@@ -101,16 +101,17 @@ def tiny_joint(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
     return _tiny(joint_ar(out, tokenizers))
 
 
-def _audio_data(num_items: int) -> DataConfig:
-    return DataConfig(source="notes", num_items=num_items, seed=0, seconds=AUDIO_SECONDS)
+def _audio_data(num_items: int, source: str = "notes") -> DataConfig:
+    return DataConfig(source=source, num_items=num_items, seed=0, seconds=AUDIO_SECONDS)
 
 
-def audio_tokenizer(out: str) -> TokenizerTrainConfig:
-    """The RVQ codec (tokenizers_vq/audio_codec.py defaults: 50 frames/s x 4 levels of 256 codes)."""
+def audio_tokenizer(out: str, source: str = "notes") -> TokenizerTrainConfig:
+    """The RVQ codec (tokenizers_vq/audio_codec.py defaults: 50 frames/s x 4 levels of 256 codes) on
+    `source`: "notes" (the audio recipe) or "speech" (espeak-ng words, the speech recipe)."""
     return TokenizerTrainConfig(
         out=out,
         tokenizer="audio_codec",
-        data=_audio_data(4_000),
+        data=_audio_data(4_000, source),
         optim=OptimConfig(steps=400, batch_size=8, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
                           beta2=0.99, ema_beta=0.99),
         run=RunConfig(log_every=10, sample_every=0, checkpoint_every=200),
@@ -118,9 +119,9 @@ def audio_tokenizer(out: str) -> TokenizerTrainConfig:
     )
 
 
-def audio_ar(out: str, tokenizer: str, pattern: str = "delay") -> ARTrainConfig:
+def audio_ar(out: str, tokenizer: str, pattern: str = "delay", source: str = "notes") -> ARTrainConfig:
     """The backbone over the codec's 4 levels: delay (53 steps a clip) or flat (200 steps a clip)."""
-    run = ModalityRun(tokenizer=tokenizer, data=_audio_data(4_000), head="next_token", pattern=pattern)
+    run = ModalityRun(tokenizer=tokenizer, data=_audio_data(4_000, source), head="next_token", pattern=pattern)
     return ARTrainConfig(
         out=out,
         modalities={"audio": run},
@@ -130,19 +131,19 @@ def audio_ar(out: str, tokenizer: str, pattern: str = "delay") -> ARTrainConfig:
     )
 
 
-def tiny_audio_tokenizer(out: str) -> TokenizerTrainConfig:
-    config = audio_tokenizer(out)
+def tiny_audio_tokenizer(out: str, source: str = "notes") -> TokenizerTrainConfig:
+    config = audio_tokenizer(out, source)
     config.tokenizer_config = {"base_channels": 4, "max_channels": 8, "dilations": [1], "latent_dim": 8,
                                "codebook_size": 16}
-    config.data = DataConfig(source="notes", num_items=48, seed=0, seconds=0.5)
+    config.data = DataConfig(source=source, num_items=48, seed=0, seconds=0.5)
     config.optim = OptimConfig(steps=4, batch_size=8, warmup_steps=1)
     config.run = RunConfig(log_every=2, sample_every=0, checkpoint_every=2, progress=False)
     config.eval_items = 8
     return config
 
 
-def tiny_audio_ar(out: str, tokenizer: str, pattern: str = "delay") -> ARTrainConfig:
-    config = _tiny(audio_ar(out, tokenizer, pattern))
-    config.modalities["audio"].data = DataConfig(source="notes", num_items=48, seed=0, seconds=0.5)
-    config.modalities["audio"].sample_prompts = ("a sine playing C4 once", "a pluck playing E4 four times")
+def tiny_audio_ar(out: str, tokenizer: str, pattern: str = "delay", source: str = "notes") -> ARTrainConfig:
+    config = _tiny(audio_ar(out, tokenizer, pattern, source))
+    config.modalities["audio"].data = DataConfig(source=source, num_items=48, seed=0, seconds=0.5)
+    config.modalities["audio"].sample_prompts = ()  # the source's own captions
     return config
