@@ -66,10 +66,13 @@ def score(images: Sequence[torch.Tensor | Image.Image | np.ndarray] | torch.Tens
     }
 
 
-def report_markdown(scores: dict, title: str = "Prompt following (shapes)",
-                    checked: str = "images, checked analytically by `mmar.evaluation.shapes_checker`") -> str:
+def report_markdown(scores: dict, title: str = "Prompt following (shapes)", checked: str | None = None) -> str:
     """A small markdown table of a `score` result (the shapes attributes, or whatever a checker scored)."""
-    names = [n for n in ATTRIBUTES if n in scores] or [n for n, v in scores.items() if isinstance(v, float)]
+    shapes = [n for n in ATTRIBUTES if n in scores]
+    names = shapes or [n for n, v in scores.items() if isinstance(v, float)]
+    if checked is None:
+        checked = "images, checked analytically by `mmar.evaluation.shapes_checker`" if shapes else \
+            "items, checked analytically by their data source's checker (`mmar.evaluation.CHECKERS`)"
     lines = [f"### {title}", "", "| attribute | accuracy |", "|---|---|"]
     lines += [f"| {name} | {100 * scores[name]:.1f}% |" for name in names]
     lines += ["", f"{scores['count']} {checked}."]
