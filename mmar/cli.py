@@ -305,6 +305,8 @@ def _generate(args) -> int:
 
     pipeline = Pipeline.from_pretrained(args.model, device=args.device)
     _check_steps(pipeline, args.modality, args.steps)
+    if args.modality:  # the medium is known: a wrong --out fails before any sampling
+        _check_out(Path(args.out), {pipeline.spec(args.modality).medium})
     outputs = pipeline(args.prompt, num_images_per_prompt=args.num, modality=args.modality, guidance_scale=args.cfg,
                        guidance_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed, **_steps_option(args.steps))
@@ -318,14 +320,11 @@ def _generate(args) -> int:
         save_atomic(captioned_grid(outputs, captions, columns=min(8, len(outputs))), out)
         print(f"wrote a grid of {len(outputs)} images to {out}")
         return 0
-    from mmar.media import FILE_SUFFIXES, default_name, save_media
+    from mmar.media import default_name, save_media
 
     if out.suffix:
+        _check_out(out, media)
         medium = next(iter(media))
-        if len(media) > 1 or medium == "image" or out.suffix.lower() not in FILE_SUFFIXES.get(medium, ()):
-            accepted = "; ".join(m + " " + " ".join(FILE_SUFFIXES[m]) for m in sorted(media) if m in FILE_SUFFIXES)
-            raise UsageError(f"--out {out}: a .png grid holds images only and a file holds one medium ({accepted}); "
-                             "or give a folder for one file per sample")
         # one sample: that file; several: NAME-000.wav, NAME-001.wav, ... beside it
         paths = [out] if len(outputs) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(outputs))]
         for item, modality, path in zip(outputs, chosen, paths):
@@ -340,6 +339,19 @@ def _generate(args) -> int:
             save_media(medium, item, out / default_name(medium, i), **pipeline.save_options(modality))
     print(f"wrote {len(outputs)} samples to {out}/")
     return 0
+
+
+def _check_out(out: Path, media: set[str]) -> None:
+    """--out must be a folder, a .png grid of images, or a file of the one medium generated."""
+    from mmar.media import FILE_SUFFIXES
+
+    if not out.suffix or (out.suffix.lower() == ".png" and media == {"image"}):
+        return
+    medium = next(iter(media))
+    if len(media) > 1 or medium == "image" or out.suffix.lower() not in FILE_SUFFIXES.get(medium, ()):
+        accepted = "; ".join(m + " " + " ".join(FILE_SUFFIXES[m]) for m in sorted(media) if m in FILE_SUFFIXES)
+        raise UsageError(f"--out {out}: a .png grid holds images only and a file holds one medium ({accepted}); "
+                         "or give a folder for one file per sample")
 
 
 def _caption(args) -> int:
