@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
-# Debian packages the tests need: Fashion-MNIST (the real offline image set) and chromium (the demo's
-# browser test drives it through Playwright; nothing is downloaded by `playwright install`).
-SYSTEM_PACKAGES := dataset-fashion-mnist chromium
+# Debian packages the tests need: Fashion-MNIST (the real offline image set), chromium (the demo's
+# browser test drives it through Playwright; nothing is downloaded by `playwright install`) and
+# espeak-ng (it speaks the speech source's clips).
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium espeak-ng
 
 system-data:
 	@missing=""; for package in $(SYSTEM_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \

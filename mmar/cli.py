@@ -21,6 +21,7 @@ from pathlib import Path
 EXAMPLES = """examples:
   mmar quickstart                                   # tokenizer + model + report in runs/quickstart
   mmar quickstart --recipe joint --out runs/joint   # three tokenizers, ONE model over all three heads + captions
+  mmar quickstart --recipe audio --out runs/audio   # the RVQ codec + one model on procedural notes (WAV)
   mmar generate --model runs/quickstart/pipeline --prompt "a red circle at the top left" --num 4 --out out.png
   mmar generate --model runs/joint/pipeline --modality image_flow --prompt "a blue square at the center"
   mmar caption --model runs/joint/pipeline --image out/000.png
@@ -134,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "dataset, then write the pipeline, a sample grid, training curves and a "
                                 "prompt-following report into --out. --recipe joint trains ONE backbone on "
                                 "next_token, next_scale and flow_matching image runs at once, plus captioning.")
-    quick.add_argument("--recipe", default="single", choices=["single", "joint"],
-                       help="single: one head (--head); joint: all three heads on one backbone + captions")
+    quick.add_argument("--recipe", default="single", choices=["single", "joint", "audio", "speech"],
+                       help="single: one head (--head); joint: all three heads on one backbone + captions; "
+                       "audio: the RVQ codec and one model on procedural notes (WAV samples); speech: the same "
+                       "on words spoken by espeak-ng")
+    quick.add_argument("--pattern", default="delay", choices=["delay", "flat", "parallel"],
+                       help="audio recipe: how the codec's levels are laid out in time (default delay)")
     quick.add_argument("--head", default="next_token", choices=heads, metavar="HEAD",
                        help="the head of the single recipe: %(choices)s (default next_token)")
     quick.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
@@ -143,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a recipe field: tokenizer.optim.steps=300 or ar.model.dim=256 (repeatable)")
     quick.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests, CI)")
     quick.add_argument("--num-prompts", type=_positive_int, default=64, help="evaluation prompts (default 64)")
-    quick.add_argument("--per-prompt", type=_positive_int, default=4, help="samples per evaluation prompt (default 4)")
+    quick.add_argument("--per-prompt", type=_positive_int, default=None,
+                       help="samples per evaluation prompt (default 4; audio 2)")
 
     tok = commands.add_parser("train-tokenizer", help="train a tokenizer (VQ, multi-scale VQ, KL) on a data source")
     tok.add_argument("--tokenizer", default="image_vq", choices=tokenizers, metavar="NAME",
@@ -185,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=_nonnegative_int, default=0, help="0 keeps all codes")
     gen.add_argument("--top-p", type=_finite_float, default=1.0)
     gen.add_argument("--steps", type=_positive_int, default=None, help="ODE steps (flow_matching head only)")
-    gen.add_argument("--out", default="out.png", help="grid file (*.png) or a folder for one file per sample")
+    gen.add_argument("--out", default="out.png", help="grid file (*.png), one file of the medium (a.wav, a.mp4, "
+                     "a.obj; several samples become a-000.wav, ...), or a folder for one file per sample")
     gen.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
     caption = commands.add_parser("caption", help="describe images with a trained pipeline's text head",
@@ -315,9 +322,26 @@ def _quickstart(args) -> int:
     from trainers.quickstart import run_quickstart
 
     out = Path(args.out)
+    per_prompt = args.per_prompt or (2 if args.recipe in ("audio", "speech") else 4)
     with folder_lock(out):  # its tokenizer and model runs lock their own subfolders too
         report = run_quickstart(args.head, out, args.overrides, tiny=args.tiny, num_prompts=args.num_prompts,
-                                per_prompt=args.per_prompt, recipe=args.recipe)
+                                per_prompt=per_prompt, recipe=args.recipe, pattern=args.pattern)
+    if args.recipe in ("audio", "speech"):
+        score, codec = report["prompt_following"], report["tokenizer"]
+        print(f"\nmmar quickstart ({args.recipe}, {report['pattern']} pattern) finished in "
+              f"{report['seconds']['total']:.0f} s")
+        if score:
+            print(f"  prompt-following audio (next_token): pitch {score['pitch']:.0%}  rhythm {score['rhythm']:.0%}  "
+                  f"both {score['all']:.0%}")
+        print(f"  codec: SI-SNR {codec['si_snr']:.1f} dB  mel distance {codec['mel_distance']:.3f}  "
+              f"{codec['bitrate']:.0f} bit/s  ({report['transformer_calls_per_second_of_audio']:g} transformer "
+              "calls per second of audio)")
+        for name in ("pipeline", "samples", "samples.png", "curves.png", "report.md", "report.json"):
+            print(f"  {name:<12} {out / name}")
+        prompt = "a pluck playing E4 four times" if args.recipe == "audio" else "stop"
+        print(f'\ngenerate more:\n  mmar generate --model {out / "pipeline"} --modality audio --prompt '
+              f'"{prompt}" --num 1 --out a.wav')
+        return 0
     title = args.head if args.recipe == "single" else "joint: " + ", ".join(report["heads"].values())
     print(f"\nmmar quickstart ({title}) finished in {report['seconds']['total']:.0f} s")
     scores = {"image": report["prompt_following"]} if args.recipe == "single" else report["prompt_following"]
@@ -386,6 +410,8 @@ def _generate(args) -> int:
 
     pipeline = Pipeline.from_pretrained(args.model, device=args.device)
     _check_steps(pipeline, args.modality, args.steps)
+    if args.modality:  # the medium is known: a wrong --out fails before any sampling
+        _check_out(Path(args.out), {pipeline.spec(args.modality).medium})
     outputs = pipeline(args.prompt, num_images_per_prompt=args.num, modality=args.modality, guidance_scale=args.cfg,
                        guidance_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed, **_steps_option(args.steps))
@@ -399,18 +425,38 @@ def _generate(args) -> int:
         save_atomic(captioned_grid(outputs, captions, columns=min(8, len(outputs))), out)
         print(f"wrote a grid of {len(outputs)} images to {out}")
         return 0
-    if out.suffix:
-        raise UsageError(f"--out {out}: a .png grid holds images only; give a folder for {', '.join(sorted(media))}")
     from mmar.media import default_name, save_media
 
+    if out.suffix:
+        _check_out(out, media)
+        medium = next(iter(media))
+        # one sample: that file; several: NAME-000.wav, NAME-001.wav, ... beside it
+        paths = [out] if len(outputs) == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(len(outputs))]
+        for item, modality, path in zip(outputs, chosen, paths):
+            save_media(medium, item, path, **pipeline.save_options(modality))
+        print(f"wrote {len(outputs)} {medium} sample{'s' * (len(outputs) > 1)}: {', '.join(str(p) for p in paths)}")
+        return 0
     for i, (item, modality) in enumerate(zip(outputs, chosen)):
         medium = pipeline.spec(modality).medium
         if medium == "image":
             save_atomic(item, out / f"{i:03d}.png")
         else:
-            save_media(medium, item, out / default_name(medium, i))
+            save_media(medium, item, out / default_name(medium, i), **pipeline.save_options(modality))
     print(f"wrote {len(outputs)} samples to {out}/")
     return 0
+
+
+def _check_out(out: Path, media: set[str]) -> None:
+    """--out must be a folder, a .png grid of images, or a file of the one medium generated."""
+    from mmar.media import FILE_SUFFIXES
+
+    if not out.suffix or (out.suffix.lower() == ".png" and media == {"image"}):
+        return
+    medium = next(iter(media))
+    if len(media) > 1 or medium == "image" or out.suffix.lower() not in FILE_SUFFIXES.get(medium, ()):
+        accepted = "; ".join(m + " " + " ".join(FILE_SUFFIXES[m]) for m in sorted(media) if m in FILE_SUFFIXES)
+        raise UsageError(f"--out {out}: a .png grid holds images only and a file holds one medium ({accepted}); "
+                         "or give a folder for one file per sample")
 
 
 def _caption(args) -> int:

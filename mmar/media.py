@@ -166,16 +166,36 @@ def save_audio(sample, path: str | Path, sample_rate: int = 16000) -> Path:
     return Path(path)
 
 
-def preview_audio(sample, width: int = 2 * PREVIEW_SIZE, height: int = PREVIEW_SIZE) -> Image.Image:
-    """The waveform's min/max envelope per pixel column (channels averaged), drawn with PIL."""
+def spectrogram(sample, height: int = PREVIEW_SIZE, width: int = 2 * PREVIEW_SIZE) -> Image.Image:
+    """A log-magnitude spectrogram (channels averaged; low frequencies at the bottom, dark = loud),
+    resized to (width, height): Hann-windowed STFT with up to 512 bins' worth of FFT, 60 dB range."""
     mono = _audio(sample).clamp(-1, 1).mean(0)  # (S,)
+    n_fft = 1 << min(9, max(3, int(np.log2(max(mono.numel(), 8)))))  # a power of two <= S, at most 512
+    n_fft = min(n_fft, mono.numel()) if mono.numel() >= 8 else n_fft
+    padded = torch.nn.functional.pad(mono, (0, max(0, n_fft - mono.numel())))  # (S',)
+    window = torch.hann_window(n_fft)  # (n_fft,)
+    power = torch.stft(padded, n_fft, hop_length=max(1, n_fft // 4), window=window, center=False,
+                       return_complex=True).abs().pow(2)  # (F, frames)
+    decibels = 10 * power.clamp_min(1e-10).log10()  # (F, frames)
+    decibels = (decibels - decibels.max()).clamp_min(-60) / -60  # (F, frames) 0 = loudest, 1 = 60 dB below
+    pixels = (decibels.flip(0) * 255).round().byte().numpy()  # (F, frames), low frequencies last
+    return Image.fromarray(pixels, mode="L").resize((width, height), Image.BILINEAR).convert("RGB")
+
+
+def preview_audio(sample, width: int = 2 * PREVIEW_SIZE, height: int = PREVIEW_SIZE) -> Image.Image:
+    """The spectrogram (top three quarters) above the waveform's min/max envelope per pixel column
+    (bottom quarter), channels averaged, drawn with PIL."""
+    mono = _audio(sample).clamp(-1, 1).mean(0)  # (S,)
+    strip = max(8, height // 4)
     columns = np.array_split(mono.numpy(), min(width, mono.numel()))
     picture = Image.new("RGB", (len(columns), height), "white")
+    picture.paste(spectrogram(sample, height - strip, len(columns)), (0, 0))
     draw = ImageDraw.Draw(picture)
-    middle = (height - 1) / 2
+    middle = height - 1 - (strip - 1) / 2
+    half = (strip - 1) / 2
     draw.line([(0, middle), (len(columns), middle)], fill=(200, 200, 200))
     for x, column in enumerate(columns):
-        draw.line([(x, middle - column.max() * middle), (x, middle - column.min() * middle)], fill=(30, 90, 200))
+        draw.line([(x, middle - column.max() * half), (x, middle - column.min() * half)], fill=(30, 90, 200))
     return picture
 
 
@@ -261,6 +281,11 @@ WRITERS: dict[str, Writer] = {
     "audio": Writer(".wav", save_audio, preview_audio),
     "voxels": Writer(".obj", save_voxels, preview_voxels),
 }
+
+
+#: the file suffixes each medium's writer understands (the first is its default)
+FILE_SUFFIXES: dict[str, tuple[str, ...]] = {"image": (".png",), "video": (".mp4", ".gif"), "audio": (".wav",),
+                                              "voxels": (".obj", ".glb")}
 
 
 def writer(medium: str) -> Writer:

@@ -7,10 +7,16 @@ Codes of one item are a (n, Q) long tensor: n positions in raster order of a (t,
 codebook levels. A pattern turns them into (steps, Q): the model emits one row per step, all Q
 levels of a row in parallel from one hidden state. Slots that hold no code are `IGNORE` (holes).
 
-- "flat": steps = n; step s holds every level of position s. Levels are sampled independently.
+- "flat": frame-major, one level per step, steps = n * Q; step i * Q + q holds level q of
+  position i (the other slots of its row are holes). Every code is conditioned on every code
+  before it (MusicGen's "flattening"), at Q times the steps.
 - "delay": level q is shifted q steps later, steps = n + Q - 1. When level q of position i is
   sampled (step i + q), levels < q of position i were sampled at earlier steps, so the model can
-  condition on them. For Q = 1 it is "flat".
+  condition on them (MusicGen's delay).
+- "parallel": steps = n; step s holds every level of position s, sampled independently of each
+  other (MusicGen's baseline; cheapest, weakest).
+
+For Q = 1 the three are the same.
 
 Every function accepts (n, Q) or (..., n, Q): leading (batch) dimensions are kept as they are.
 """
@@ -46,7 +52,7 @@ def _check_stepped(pattern: Pattern, stepped: torch.Tensor, n: int) -> None:
         raise ValueError(f"stepped must have {expected} steps for n={n}, got shape {tuple(stepped.shape)}")
 
 
-class Flat:
+class Parallel:
     """Identity: step s holds all Q levels of position s."""
 
     def num_steps(self, n: int, num_levels: int) -> int:
@@ -63,8 +69,36 @@ class Flat:
         return stepped.clone()  # (..., n, Q)
 
     def hole_mask(self, n: int, num_levels: int) -> torch.Tensor:
-        """(n, Q) bool, all False: flat has no holes."""
+        """(n, Q) bool, all False: parallel has no holes."""
         return torch.zeros(n, num_levels, dtype=torch.bool)  # (n, Q)
+
+
+class Flat:
+    """Frame-major: stepped[i * Q + q, q] = codes[i, q]; every other slot is IGNORE."""
+
+    def num_steps(self, n: int, num_levels: int) -> int:
+        return n * num_levels
+
+    def hole_mask(self, n: int, num_levels: int) -> torch.Tensor:
+        """(n * Q, Q) bool, True at holes: all but one slot of every row."""
+        eye = torch.eye(num_levels, dtype=torch.bool)  # (Q, Q): row q keeps level q
+        return ~eye.repeat(n, 1)  # (n * Q, Q)
+
+    def interleave(self, codes: torch.Tensor) -> torch.Tensor:
+        """(..., n, Q) -> (..., n * Q, Q), holes IGNORE."""
+        _check_codes(codes)
+        n, num_levels = codes.shape[-2:]
+        eye = torch.eye(num_levels, dtype=torch.bool, device=codes.device)  # (Q, Q)
+        spread = codes[..., :, None, :].expand(*codes.shape[:-1], num_levels, num_levels)  # (..., n, Q, Q)
+        stepped = spread.masked_fill(~eye, IGNORE)  # (..., n, Q, Q): [i, q, q] = codes[i, q]
+        return stepped.reshape(*codes.shape[:-2], n * num_levels, num_levels)  # (..., n * Q, Q)
+
+    def deinterleave(self, stepped: torch.Tensor, n: int) -> torch.Tensor:
+        """(..., n * Q, Q) -> (..., n, Q); holes are never read."""
+        _check_stepped(self, stepped, n)
+        num_levels = stepped.shape[-1]
+        grouped = stepped.reshape(*stepped.shape[:-2], n, num_levels, num_levels)  # (..., n, Q, Q)
+        return torch.diagonal(grouped, dim1=-2, dim2=-1).clone()  # (..., n, Q)
 
 
 class Delay:
@@ -103,7 +137,7 @@ class Delay:
         return torch.gather(stepped, -2, index.expand(*stepped.shape[:-2], -1, -1))  # (..., n, Q)
 
 
-PATTERNS: dict[str, Pattern] = {"flat": Flat(), "delay": Delay()}
+PATTERNS: dict[str, Pattern] = {"flat": Flat(), "delay": Delay(), "parallel": Parallel()}
 
 
 def _pattern(name: str) -> Pattern:

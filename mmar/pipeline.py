@@ -110,6 +110,11 @@ class Pipeline:
             raise ValueError(f"this pipeline has no modality {modality!r}; it has {', '.join(self.modalities)}")
         return modality
 
+    def save_options(self, modality: str) -> dict[str, Any]:
+        """What `mmar.media.save_media` needs to know about this modality's items: the audio sample rate."""
+        rate = getattr(self.tokenizers[self._check(modality)].config, "sample_rate", None)
+        return {"sample_rate": rate} if self.spec(modality).medium == "audio" and rate else {}
+
     @property
     def device(self) -> torch.device:
         return self.model.token_embedding.weight.device

@@ -162,14 +162,14 @@ def test_fashion_mnist_from_the_debian_package(monkeypatch):
 
 
 def test_registry_and_make_source(user_folder):
-    assert set(DATA_SOURCES) == {"shapes", "fashion_mnist", "folder"}
+    assert {"shapes", "fashion_mnist", "folder", "notes", "audio_folder"} <= set(DATA_SOURCES)
     shapes = make_source("shapes", size=48, num_items=7, seed=1, path=None)
     assert len(shapes) == 7 and shapes[0][0].shape == (3, 48, 48)
     assert shapes[3][1] == make_source("shapes", size=48, num_items=7, seed=1, path=None)[3][1]
     folder = make_source("folder", size=16, num_items=None, seed=0, path=str(user_folder))
     assert len(folder) == 3 and folder[0][0].shape == (3, 16, 16)
     assert len(make_source("folder", size=16, num_items=1, seed=0, path=str(user_folder))) == 1
-    with pytest.raises(ValueError, match="shapes, fashion_mnist, folder"):
+    with pytest.raises(ValueError, match="shapes, fashion_mnist, folder, "):
         make_source("imagenet", size=32, num_items=10, seed=0, path=None)
     with pytest.raises(ValueError, match="path"):
         make_source("folder", size=32, num_items=10, seed=0, path=None)
@@ -177,14 +177,32 @@ def test_registry_and_make_source(user_folder):
         make_source("shapes", size=32, num_items=0, seed=0, path=None)
 
 
+@pytest.fixture
+def sound_folder(tmp_path):
+    """Two short WAV files for the audio folder source."""
+    import soundfile
+
+    folder = tmp_path / "sounds"
+    folder.mkdir()
+    for name in ("a.wav", "b.wav"):
+        soundfile.write(folder / name, np.zeros((800, 1), dtype=np.float32), 16000, subtype="PCM_16")
+    write_metadata(folder, [json.dumps({"file_name": n, "text": f"sound {n}"}) for n in ("a.wav", "b.wav", "a.wav")])
+    return folder
+
+
 @pytest.mark.parametrize("name", sorted(DATA_SOURCES))
-def test_every_source_yields_image_and_caption(name, user_folder):
-    """The data-source contract, over the whole registry: (image (3, H, W) float in [-1, 1], caption str)."""
-    path = str(user_folder) if name == "folder" else None
-    source = make_source(name, size=24, num_items=3, seed=0, path=path)
+def test_every_source_yields_media_and_caption(name, user_folder, sound_folder):
+    """The data-source contract, over the whole registry: (media of data_shape, float in [-1, 1], caption str)."""
+    from mmar.data import source_data_shape
+
+    settings = {"size": 24, "seconds": 0.5, "sample_rate": 8000}
+    path = {"folder": str(user_folder), "audio_folder": str(sound_folder)}.get(name)
+    source = make_source(name, num_items=3, seed=0, path=path, **settings)
     assert isinstance(source, DATA_SOURCES[name]) and len(source) == 3
+    expected = {"image": (3, 24, 24), "audio": (1, 4000)}[DATA_SOURCES[name].modality]
+    assert source_data_shape(name, **settings) == expected
     for index in range(len(source)):
-        image, text = source[index]
-        assert isinstance(image, torch.Tensor) and image.dtype == torch.float32
-        assert image.shape == (3, 24, 24) and image.min() >= -1 and image.max() <= 1  # (3, H, W)
+        media, text = source[index]
+        assert isinstance(media, torch.Tensor) and media.dtype == torch.float32
+        assert media.shape == expected and media.min() >= -1 and media.max() <= 1
         assert isinstance(text, str) and text

@@ -61,18 +61,43 @@ def test_delay_samples_lower_levels_first(num_levels, n):
             assert step_of[position, level - 1] < step_of[position, level]
 
 
-def test_flat_has_no_holes_and_is_parallel():
+def test_parallel_has_no_holes():
     codes = _codes(5, 4)  # (5, 4)
-    assert torch.equal(interleave("flat", codes), codes)
-    assert not hole_mask("flat", 5, 4).any()
+    assert torch.equal(interleave("parallel", codes), codes)
+    assert not hole_mask("parallel", 5, 4).any()
+
+
+@pytest.mark.parametrize("num_levels", [1, 2, 4])
+def test_flat_is_frame_major_one_level_per_step(num_levels):
+    codes = _codes(5, num_levels)  # (5, Q): value i * Q + q
+    stepped = interleave("flat", codes)  # (5Q, Q)
+    assert num_steps("flat", 5, num_levels) == 5 * num_levels == stepped.shape[0]
+    assert ((stepped != IGNORE).sum(1) == 1).all(), "exactly one level per step"
+    assert torch.equal(stepped.max(1).values, torch.arange(5 * num_levels)), "steps visit codes frame-major"
+
+
+@pytest.mark.parametrize("name", ["flat", "delay"])
+@pytest.mark.parametrize("num_levels", [2, 4])
+@pytest.mark.parametrize("n", [1, 5])
+def test_lower_levels_come_first(name, num_levels, n):
+    codes = _codes(n, num_levels)  # (n, Q)
+    stepped = interleave(name, codes)  # (steps, Q)
+    step_of = {}
+    for step, level in zip(*torch.nonzero(stepped != IGNORE, as_tuple=True)):
+        position, value_level = divmod(int(stepped[step, level]), num_levels)
+        assert value_level == int(level)
+        step_of[position, value_level] = int(step)
+    assert len(step_of) == n * num_levels
+    assert all(step_of[p, q - 1] < step_of[p, q] for p in range(n) for q in range(1, num_levels))
 
 
 @pytest.mark.parametrize("batch", [None, 2])
-def test_delay_with_one_level_is_flat(batch):
+def test_with_one_level_every_pattern_is_the_same(batch):
     codes = _codes(7, 1, batch)  # (..., 7, 1)
-    assert torch.equal(interleave("delay", codes), interleave("flat", codes))
-    assert num_steps("delay", 7, 1) == num_steps("flat", 7, 1)
-    assert torch.equal(hole_mask("delay", 7, 1), hole_mask("flat", 7, 1))
+    for name in ("delay", "parallel"):
+        assert torch.equal(interleave(name, codes), interleave("flat", codes))
+        assert num_steps(name, 7, 1) == num_steps("flat", 7, 1)
+        assert torch.equal(hole_mask(name, 7, 1), hole_mask("flat", 7, 1))
 
 
 def test_unknown_pattern_names_the_known_ones():

@@ -21,6 +21,7 @@ TINY: dict[str, dict] = {
     "multiscale_vq": {"base_channels": 8, "channel_multipliers": (1, 1, 2), "codebook_size": 32,
                       "code_dim": 8},
     "image_kl": {"base_channels": 8, "channel_multipliers": (1, 1, 2)},
+    "audio_codec": {"base_channels": 4, "max_channels": 16, "dilations": (1,), "latent_dim": 8, "codebook_size": 16},
 }
 
 
@@ -44,6 +45,13 @@ def sample_data(tokenizer):
         dataset = ShapesDataset(2, size=size, seed=0)
         images = torch.stack([dataset[i][0] for i in range(2)])  # (2, 3, S, S)
         return images, tuple(images.shape[1:]), True
+    if tokenizer.modality == "audio":
+        from mmar.data.notes import NotesDataset
+
+        rate = getattr(tokenizer.config, "sample_rate", 16000)
+        dataset = NotesDataset(2, seconds=0.5, sample_rate=rate, seed=0)
+        clips = torch.stack([dataset[i][0] for i in range(2)])  # (2, 1, S)
+        return clips, tuple(clips.shape[1:]), True
     pytest.fail(f"no sample data for modality {tokenizer.modality!r}: add it to sample_data()")
 
 
@@ -79,7 +87,8 @@ def test_tokenizer_contract(name, tmp_path):
     batch = (data.shape[0],) if batched else ()
     if tokenizer.codebook_size > 0:
         assert tokens.dtype == torch.long
-        assert tokens.shape == (*batch, *token_shape)
+        levels = (tokenizer.num_codebooks,) if tokenizer.num_codebooks > 1 else ()  # RVQ: a trailing level axis
+        assert tokens.shape == (*batch, *token_shape, *levels)
         assert int(tokens.min()) >= 0 and int(tokens.max()) < tokenizer.codebook_size
     else:
         assert tokens.is_floating_point()

@@ -4,6 +4,7 @@ Registry key = file stem = class. A new tokenizer is one file plus one line here
 test in tests/test_tokenizer_contract.py then covers it.
 """
 
+from tokenizers_vq.audio_codec import AudioCodec
 from tokenizers_vq.base import Tokenizer, TokenizerLoss, load_tokenizer
 from tokenizers_vq.image_kl import ImageKL
 from tokenizers_vq.image_vq import ImageVQ
@@ -11,6 +12,7 @@ from tokenizers_vq.multiscale_vq import MultiscaleVQ
 from tokenizers_vq.text import Text
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {
+    "audio_codec": AudioCodec,
     "image_kl": ImageKL,
     "image_vq": ImageVQ,
     "multiscale_vq": MultiscaleVQ,

@@ -55,7 +55,7 @@ class ModalityRun:
     loss_weight: float = 1.0  # weight of this head's (count-normalised) loss
     mix_weight: float = 1.0  # share of the draws, relative to the other runs
     caption_weight: float = 0.0  # fraction of this run's draws that are caption tasks (media, then text)
-    pattern: str = "flat"  # codebook pattern of multi-codebook codes (flat | delay)
+    pattern: str = "delay"  # codebook pattern of multi-codebook codes (mmar/patterns.py: delay | flat | parallel)
     sample_prompts: tuple[str, ...] = ()  # for sample grids; empty: the data source's own captions
 
     LIMITS = {"loss_weight": "[0, 1000]", "mix_weight": "(0, 1000]", "caption_weight": "[0, 1]"}

@@ -153,6 +153,10 @@ class DataConfig:
     num_items: int = 20_000  # procedural sources; real sources are capped to this
     seed: int = 0
     path: str | None = None  # the folder source's root
+    # audio sources (notes, audio_folder): clip length and rate; clips are cut or padded to
+    # round(seconds * sample_rate) samples, which the audio codec needs to be a multiple of its hop (320)
+    seconds: float = 1.0
+    sample_rate: int = 16000
 
     LIMITS = {"size": "[1, 4096]", "num_items": "[1, inf)", "seed": "[0, 9.2e18]"}
 

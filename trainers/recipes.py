@@ -3,7 +3,9 @@
 The quickstart recipes are sized for a 2-core CPU, on the procedural shapes at 32x32 with an 8x8
 latent grid: measured, a tokenizer in 1.5-2.5 minutes and the AR model in 4 (next_token), 7
 (next_scale) or 9 (flow_matching) minutes. The joint recipe trains the three image tokenizers and
-ONE backbone over all three heads at once, with captioning mixed in.
+ONE backbone over all three heads at once, with captioning mixed in. The audio recipe trains the
+RVQ codec on procedural notes (1 s clips) and the backbone on its 4 levels in the delay (default)
+or flat pattern.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ HEAD_TOKENIZER = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow
 JOINT_RUNS = {"image_token": "next_token", "image_scale": "next_scale", "image_flow": "flow_matching"}
 #: the joint run that also learns to caption (the other two only generate)
 JOINT_CAPTIONER = "image_token"
-RECIPES = ("single", "joint")
+RECIPES = ("single", "joint", "audio", "speech")
+#: the audio recipe's clips: procedural notes, 1 s at 16 kHz (50 codec frames of 4 levels)
+AUDIO_SECONDS = 1.0
 
 
 def quickstart_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
@@ -95,3 +99,51 @@ def tiny_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
 
 def tiny_joint(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
     return _tiny(joint_ar(out, tokenizers))
+
+
+def _audio_data(num_items: int, source: str = "notes") -> DataConfig:
+    return DataConfig(source=source, num_items=num_items, seed=0, seconds=AUDIO_SECONDS)
+
+
+def audio_tokenizer(out: str, source: str = "notes") -> TokenizerTrainConfig:
+    """The RVQ codec (tokenizers_vq/audio_codec.py defaults: 50 frames/s x 4 levels of 256 codes) on
+    `source`: "notes" (the audio recipe) or "speech" (espeak-ng words, the speech recipe)."""
+    return TokenizerTrainConfig(
+        out=out,
+        tokenizer="audio_codec",
+        data=_audio_data(4_000, source),
+        optim=OptimConfig(steps=400, batch_size=8, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
+                          beta2=0.99, ema_beta=0.99),
+        run=RunConfig(log_every=10, sample_every=0, checkpoint_every=200),
+        eval_items=128,
+    )
+
+
+def audio_ar(out: str, tokenizer: str, pattern: str = "delay", source: str = "notes") -> ARTrainConfig:
+    """The backbone over the codec's 4 levels: delay (53 steps a clip) or flat (200 steps a clip)."""
+    run = ModalityRun(tokenizer=tokenizer, data=_audio_data(4_000, source), head="next_token", pattern=pattern)
+    return ARTrainConfig(
+        out=out,
+        modalities={"audio": run},
+        model=_backbone(),
+        optim=OptimConfig(steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_beta=0.995),
+        run=RunConfig(log_every=10, sample_every=0, checkpoint_every=300),
+    )
+
+
+def tiny_audio_tokenizer(out: str, source: str = "notes") -> TokenizerTrainConfig:
+    config = audio_tokenizer(out, source)
+    config.tokenizer_config = {"base_channels": 4, "max_channels": 8, "dilations": [1], "latent_dim": 8,
+                               "codebook_size": 16}
+    config.data = DataConfig(source=source, num_items=48, seed=0, seconds=0.5)
+    config.optim = OptimConfig(steps=4, batch_size=8, warmup_steps=1)
+    config.run = RunConfig(log_every=2, sample_every=0, checkpoint_every=2, progress=False)
+    config.eval_items = 8
+    return config
+
+
+def tiny_audio_ar(out: str, tokenizer: str, pattern: str = "delay", source: str = "notes") -> ARTrainConfig:
+    config = _tiny(audio_ar(out, tokenizer, pattern, source))
+    config.modalities["audio"].data = DataConfig(source=source, num_items=48, seed=0, seconds=0.5)
+    config.modalities["audio"].sample_prompts = ()  # the source's own captions
+    return config

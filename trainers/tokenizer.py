@@ -56,11 +56,12 @@ class TokenizerTrainConfig:
 
 
 def tokenizer_config(config: TokenizerTrainConfig) -> Any:
-    """The tokenizer's own Config, type-checked and validated (an image tokenizer's size comes from the data)."""
+    """The tokenizer's own Config, type-checked and validated. Settings the data fixes (image side, audio
+    rate) reach the tokenizer fields of the same meaning, unless tokenizer_config sets them."""
     cls = TOKENIZERS[config.tokenizer]
-    values = dict(config.tokenizer_config)
-    if "image_size" in cls.Config.__dataclass_fields__:
-        values = {"image_size": config.data.size, **values}
+    from_data = {"image_size": config.data.size, "sample_rate": config.data.sample_rate}
+    fields = cls.Config.__dataclass_fields__
+    values = {**{k: v for k, v in from_data.items() if k in fields}, **config.tokenizer_config}
     return validate(from_dict(cls.Config, values))
 
 
@@ -113,10 +114,10 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
         metrics: dict[str, float] = {}
         step_loss = torch.zeros((), device=device)
         for i, indices in enumerate(micro_batches):
-            images = torch.stack([source[j][0] for j in indices]).to(device)  # (b, 3, H, W)
+            items = torch.stack([source[j][0] for j in indices]).to(device)  # (b, *data_shape)
             sync = accelerator.no_sync(tokenizer) if i < len(micro_batches) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                result = tokenizer(images, generator)  # forward = training_loss, through DDP when distributed
+                result = tokenizer(items, generator)  # forward = training_loss, through DDP when distributed
                 accelerator.backward(result.loss / len(micro_batches))
             step_loss += result.loss.detach().float() / len(micro_batches)
             for key, value in result.metrics.items():
@@ -152,7 +153,7 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
     if main:
         final = build_tokenizer(config).to(device)
         ema.copy_to(final)
-        held_out = torch.stack([source[j][0] for j in range(num_train, len(source))])  # (E, 3, H, W)
+        held_out = torch.stack([source[j][0] for j in range(num_train, len(source))])  # (E, *data_shape)
         final.calibrate(torch.stack([source[j][0] for j in range(min(512, num_train))]).to(device))
         final.save_pretrained(export)
         report = reconstruction_metrics(final, held_out.to(device))

@@ -1,24 +1,31 @@
-"""Data sources: each yields (media, caption str); images are (3, H, W) float in [-1, 1].
+"""Data sources: each yields (media, caption str); images are (3, H, W) float in [-1, 1], audio (1, S).
 
 `DATA_SOURCES` maps a name to its dataset class; each class declares its `modality` (the medium it
 yields, checked against the tokenizer's), a `build` classmethod and a `data_shape` classmethod; `make_source` builds one from
 the few settings a config carries. A new source is one file and one line here. Procedural shapes
-need nothing; Fashion-MNIST needs the Debian package `dataset-fashion-mnist`; "folder" reads a
-user's folder in the HuggingFace convention.
+and notes need nothing; "speech" needs the Debian package `espeak-ng`; Fashion-MNIST needs
+`dataset-fashion-mnist`; "folder" and "audio_folder" read a user's folder in the HuggingFace
+convention.
 """
 
 from __future__ import annotations
 
 import torch
 
+from mmar.data.audio_folder import AudioFolder
 from mmar.data.fashion_mnist import FashionMNIST
 from mmar.data.folder import ImageFolder
+from mmar.data.notes import NotesDataset
 from mmar.data.shapes import ShapesDataset
+from mmar.data.speech import SpeechDataset
 
 DATA_SOURCES: dict[str, type[torch.utils.data.Dataset]] = {
     "shapes": ShapesDataset,
     "fashion_mnist": FashionMNIST,
     "folder": ImageFolder,
+    "notes": NotesDataset,
+    "audio_folder": AudioFolder,
+    "speech": SpeechDataset,
 }
 
 
@@ -26,9 +33,10 @@ def make_source(source: str, *, num_items: int | None, seed: int, path: str | No
                 **settings: object) -> torch.utils.data.Dataset:
     """Build the data source `source` from a data config's fields (each class's `build` says what it reads).
 
-    shapes: `num_items` procedural items drawn with `seed` (path unused).
+    shapes, notes: `num_items` procedural items drawn with `seed` (path unused).
     fashion_mnist: the first `num_items` training images (all if None); `path` overrides where the
-    IDX files are. folder: the first `num_items` usable entries of the folder at `path` (required).
+    IDX files are. folder, audio_folder: the first `num_items` usable entries of the folder at `path`
+(required).
     `settings` are the medium's own fields (`size` for images, ...); a source ignores the ones it
     does not read, so `make_source(**dataclasses.asdict(data_config))` fits every source.
     Real sources keep their file order; shuffling is the trainer's job (seeded by epoch).
@@ -49,5 +57,5 @@ def source_class(source: str) -> type[torch.utils.data.Dataset]:
     return DATA_SOURCES[source]
 
 
-__all__ = ["DATA_SOURCES", "FashionMNIST", "ImageFolder", "ShapesDataset", "make_source", "source_class",
+__all__ = ["DATA_SOURCES", "AudioFolder", "FashionMNIST", "ImageFolder", "NotesDataset", "ShapesDataset", "SpeechDataset", "make_source", "source_class",
            "source_data_shape"]

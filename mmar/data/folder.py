@@ -41,8 +41,10 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float() / 127.5 - 1  # (3, size, size)
 
 
-def _validate(root: Path, line: str) -> tuple[Path, str]:
-    """One metadata line -> (image path, caption), or ValueError/OSError saying why it is unusable."""
+def metadata_entry(root: Path, line: str) -> tuple[Path, str]:
+    """One metadata.jsonl line -> (existing file inside `root`, caption), or ValueError/OSError saying why not.
+
+    Shared by every folder source (images here, audio in audio_folder.py)."""
     entry = json.loads(line)
     if not isinstance(entry, dict):
         raise ValueError("line is not a JSON object")
@@ -56,6 +58,45 @@ def _validate(root: Path, line: str) -> tuple[Path, str]:
         raise ValueError(f"{file_name}: outside the folder")
     if not path.is_file():
         raise FileNotFoundError(f"{file_name}: no such file")
+    return path, text
+
+
+def usable_entries(root: Path, validate, limit: int | None, name: str, medium: str) -> tuple[list, int]:
+    """-> (the first `limit` entries of root/metadata.jsonl that `validate(root, line)` accepts, number skipped).
+
+    Skipped entries are reported in ONE warning line (with the first reason); none usable is a
+    ValueError that says what a line must look like."""
+    metadata = root / METADATA
+    if not metadata.is_file():
+        raise FileNotFoundError(
+            f"no {METADATA} in {root}: put the {medium} files in that folder and write one line per "
+            f"file to {METADATA}, like {EXAMPLE_LINE.replace('0001.png', '0001.wav' if medium == 'audio' else '0001.png')}")
+    items, skipped, first_reason = [], 0, None
+    with open(metadata, "rb") as lines:  # line by line, so one undecodable line is skipped, not the file
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            if limit is not None and len(items) >= limit:
+                break
+            try:
+                items.append(validate(root, raw.decode("utf-8")))
+            except Exception as error:  # noqa: BLE001 - decoders raise SyntaxError, struct.error, RuntimeError, ...
+                skipped += 1
+                first_reason = first_reason or f"line {number}: {error}"
+    if skipped:
+        logger.warning("%s %s: skipped %d unusable entr%s (first: %s)", name, root, skipped,
+                       "y" if skipped == 1 else "ies", first_reason)
+    if not items:
+        raise ValueError(
+            f"no usable ({medium}, caption) pair in {root}: {METADATA} needs lines like {EXAMPLE_LINE} "
+            f"naming readable {medium} files in the folder ({skipped} skipped"
+            + (f", first: {first_reason})" if first_reason else ")"))
+    return items, skipped
+
+
+def _validate(root: Path, line: str) -> tuple[Path, str]:
+    """One metadata line -> (image path, caption), or ValueError/OSError saying why it is unusable."""
+    path, text = metadata_entry(root, line)
     with Image.open(path) as image:
         image.verify()  # structure and checksums
     open_image(path)  # a full decode catches truncated data that verify misses; refuses huge images first
@@ -83,33 +124,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, size: int = 32, limit: int | None = None) -> None:
         self.root, self.size = Path(root), size
-        metadata = self.root / METADATA
-        if not metadata.is_file():
-            raise FileNotFoundError(
-                f"no {METADATA} in {self.root}: put the images in that folder and write one line per "
-                f"image to {METADATA}, like {EXAMPLE_LINE}")
-        self.items: list[tuple[Path, str]] = []
-        self.num_skipped = 0
-        first_reason = None
-        with open(metadata, "rb") as lines:  # line by line, so one undecodable line is skipped, not the file
-            for number, raw in enumerate(lines, start=1):
-                if not raw.strip():
-                    continue
-                if limit is not None and len(self.items) >= limit:
-                    break
-                try:
-                    self.items.append(_validate(self.root, raw.decode("utf-8")))
-                except Exception as error:  # noqa: BLE001 - PIL raises SyntaxError, struct.error, ... on bad files
-                    self.num_skipped += 1
-                    first_reason = first_reason or f"line {number}: {error}"
-        if self.num_skipped:
-            logger.warning("ImageFolder %s: skipped %d unusable entr%s (first: %s)", self.root, self.num_skipped,
-                           "y" if self.num_skipped == 1 else "ies", first_reason)
-        if not self.items:
-            raise ValueError(
-                f"no usable (image, caption) pair in {self.root}: {METADATA} needs lines like {EXAMPLE_LINE} "
-                f"naming readable images in the folder ({self.num_skipped} skipped"
-                + (f", first: {first_reason})" if first_reason else ")"))
+        self.items, self.num_skipped = usable_entries(self.root, _validate, limit, "ImageFolder", "image")
 
     def __len__(self) -> int:
         return len(self.items)

@@ -13,7 +13,9 @@ from typing import Any, Protocol
 
 import torch
 
+from mmar.data import notes
 from mmar.data.shapes import ShapesDataset, parse_caption
+from mmar.evaluation import notes_checker
 from mmar.evaluation.prompt_following import evaluation_prompts, score
 
 
@@ -64,7 +66,59 @@ class ShapesChecker:
         return {**{name: hits[name] / count for name in self.attributes}, "parsed": parsed / count, "count": count}
 
 
-CHECKERS: dict[str, Checker] = {"shapes": ShapesChecker()}
+class NotesChecker:
+    """Notes: the first note's pitch and the rhythm (once, four times, rising) read off the waveform
+    (`notes_checker`) or out of a caption. Clips are (1, S) at `sample_rate`; timbre is not checked."""
+
+    attributes = ("pitch", "rhythm", "all")
+
+    def __init__(self, sample_rate: int = 16000, seconds: float = 1.0) -> None:
+        self.sample_rate, self.seconds = sample_rate, seconds
+
+    def prompts(self, num_prompts: int, seed: int) -> list[str]:
+        """`num_prompts` captions drawn from the whole grammar with `seed` (without repeats while they last)."""
+        captions = notes.all_captions()
+        order = torch.randperm(len(captions), generator=torch.Generator().manual_seed(seed)).tolist()
+        return [captions[order[i % len(order)]] for i in range(num_prompts)]
+
+    def score(self, outputs: list[Any], prompts: list[str]) -> dict:
+        if len(outputs) != len(prompts) or not outputs:
+            raise ValueError(f"{len(outputs)} outputs for {len(prompts)} prompts")
+        hits = {name: 0 for name in self.attributes}
+        for audio, prompt in zip(outputs, prompts):
+            _, note, rhythm = notes.parse_caption(prompt)
+            for name, match in notes_checker.check(audio, note, rhythm, self.sample_rate).items():
+                hits[name] += match
+        return {**{name: hits[name] / len(prompts) for name in self.attributes}, "count": len(prompts)}
+
+    def caption_items(self, num_items: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+        """Held-out clips (a seed no training recipe uses) -> (audio (N, 1, S), their captions)."""
+        dataset = notes.NotesDataset(num_items, seconds=self.seconds, sample_rate=self.sample_rate, seed=10_000 + seed)
+        items = [dataset[i] for i in range(num_items)]
+        return torch.stack([audio for audio, _ in items]), [text for _, text in items]
+
+    def score_captions(self, captions: list[str], truths: list[str]) -> dict:
+        """Each caption parsed back into (timbre, note, rhythm) vs the clip's own; unparsable = all wrong."""
+        if len(captions) != len(truths) or not captions:
+            raise ValueError(f"{len(captions)} captions for {len(truths)} items")
+        names = ("timbre", "pitch", "rhythm")
+        hits = {name: 0 for name in (*names, "all")}
+        parsed = 0
+        for text, truth in zip(captions, truths):
+            try:
+                got = notes.parse_caption(text)
+            except ValueError:
+                continue
+            parsed += 1
+            matches = [a == b for a, b in zip(got, notes.parse_caption(truth))]
+            for name, match in zip(names, matches):
+                hits[name] += match
+            hits["all"] += all(matches)
+        count = len(captions)
+        return {**{name: value / count for name, value in hits.items()}, "parsed": parsed / count, "count": count}
+
+
+CHECKERS: dict[str, Checker] = {"shapes": ShapesChecker(), "notes": NotesChecker()}
 
 
 def checker_for(source: str) -> Checker:

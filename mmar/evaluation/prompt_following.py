@@ -66,9 +66,14 @@ def score(images: Sequence[torch.Tensor | Image.Image | np.ndarray] | torch.Tens
     }
 
 
-def report_markdown(scores: dict, title: str = "Prompt following (shapes)") -> str:
-    """A small markdown table of a `score` result."""
+def report_markdown(scores: dict, title: str = "Prompt following (shapes)", checked: str | None = None) -> str:
+    """A small markdown table of a `score` result (the shapes attributes, or whatever a checker scored)."""
+    shapes = [n for n in ATTRIBUTES if n in scores]
+    names = shapes or [n for n, v in scores.items() if isinstance(v, float)]
+    if checked is None:
+        checked = "images, checked analytically by `mmar.evaluation.shapes_checker`" if shapes else \
+            "items, checked analytically by their data source's checker (`mmar.evaluation.CHECKERS`)"
     lines = [f"### {title}", "", "| attribute | accuracy |", "|---|---|"]
-    lines += [f"| {name} | {100 * scores[name]:.1f}% |" for name in ATTRIBUTES]
-    lines += ["", f"{scores['count']} images, checked analytically by `mmar.evaluation.shapes_checker`."]
+    lines += [f"| {name} | {100 * scores[name]:.1f}% |" for name in names]
+    lines += ["", f"{scores['count']} {checked}."]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""Tokenizer reconstruction quality: PSNR and codebook usage on held-out images."""
+"""Tokenizer reconstruction quality on held-out items: PSNR and codebook usage for images; SI-SNR,
+mel distance and bitrate at every number of residual levels for audio codecs."""
 
 from __future__ import annotations
 
@@ -28,10 +29,34 @@ def reconstruct(tokenizer, images: torch.Tensor, batch_size: int = 256) -> tuple
 
 
 @torch.no_grad()
-def reconstruction_metrics(tokenizer, images: torch.Tensor) -> dict[str, float]:
-    """{"psnr": dB, "codebook_usage": fraction of codes used, "num_images": N} (usage only for discrete tokenizers)."""
-    tokens, reconstructions = reconstruct(tokenizer.eval(), images)
-    report = {"psnr": round(psnr(images, reconstructions), 3), "num_images": len(images)}
+def audio_levels_report(codec, audio: torch.Tensor, tokens: torch.Tensor, batch_size: int = 64) -> dict[str, dict]:
+    """Per number of residual levels q = 1, 2, 4, ..., Q: {"si_snr": dB, "mel_distance", "bitrate": bit/s}."""
+    from tokenizers_vq.audio_losses import mel_distance, si_snr
+
+    levels = sorted({q for q in (1, 2, 4, 8) if q < codec.num_codebooks} | {codec.num_codebooks})
+    report = {}
+    for q in levels:
+        snr, mel = [], []
+        for chunk, codes in zip(audio.split(batch_size), tokens.split(batch_size)):
+            decoded = codec.decode(codes[..., :q])  # (b, 1, S)
+            snr.append(si_snr(decoded[:, 0].float(), chunk[:, 0].float()))
+            mel.append(mel_distance(decoded[:, 0].float(), chunk[:, 0].float(), codec.config.sample_rate))
+        report[str(q)] = {"si_snr": round(float(torch.cat(snr).mean()), 3),
+                          "mel_distance": round(float(torch.cat(mel).mean()), 4), "bitrate": codec.bitrate(q)}
+    return report
+
+
+@torch.no_grad()
+def reconstruction_metrics(tokenizer, items: torch.Tensor) -> dict[str, float]:
+    """Images: {"psnr": dB, "num_images": N}; audio: {"si_snr": dB, "mel_distance", "bitrate", "levels":
+    per number of levels, "num_clips": N}; plus "codebook_usage" (fraction of codes used) and
+    "perplexity" for discrete tokenizers."""
+    tokens, reconstructions = reconstruct(tokenizer.eval(), items)
+    if tokenizer.modality == "audio":
+        levels = audio_levels_report(tokenizer, items, tokens)
+        report = {**levels[str(tokenizer.num_codebooks)], "levels": levels, "num_clips": len(items)}
+    else:
+        report = {"psnr": round(psnr(items, reconstructions), 3), "num_images": len(items)}
     if tokenizer.codebook_size:
         used = torch.unique(tokens).numel()
         report["codebook_usage"] = round(used / (tokenizer.codebook_size * max(tokenizer.num_codebooks, 1)), 4)
@@ -44,8 +69,13 @@ def reconstruction_metrics(tokenizer, images: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def reconstruction_grid(tokenizer, images: torch.Tensor) -> Image.Image:
-    """Originals (top row) above their reconstructions (bottom row)."""
+    """Originals (top row) above their reconstructions (bottom row); audio as spectrogram previews."""
     _, reconstructions = reconstruct(tokenizer.eval(), images)
-    pictures = [to_pil(x) for x in images] + [to_pil(x) for x in reconstructions]
+    if tokenizer.modality == "image":
+        pictures = [to_pil(x) for x in images] + [to_pil(x) for x in reconstructions]
+    else:
+        from mmar.media import to_preview
+
+        pictures = [to_preview(tokenizer.modality, x) for x in torch.cat([images, reconstructions])]
     captions = ["original"] * len(images) + ["reconstruction"] * len(images)
     return captioned_grid(pictures, captions, columns=len(images), cell=64)
