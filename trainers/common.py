@@ -165,6 +165,8 @@ class DataConfig:
     num_items: int = 20_000  # procedural sources; real sources are capped to this
     seed: int = 0
     path: str | None = None  # the folder source's root
+    num_frames: int = 9  # video sources: frames per clip (1 + 4k for the causal video tokenizer)
+    frame_stride: int = 1  # video folders: keep every frame_stride-th frame of a file, from its first
 
 
 @dataclass

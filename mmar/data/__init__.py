@@ -1,9 +1,11 @@
-"""Data sources: each yields (media, caption str); images are (3, H, W) float in [-1, 1].
+"""Data sources: each yields (media, caption str); images are (3, H, W) float in [-1, 1], video clips
+(F, 3, H, W) float in [-1, 1] (frames first, as `mmar.media` writes them).
 
 `DATA_SOURCES` maps a name to its dataset class; each class declares its `modality` (the medium it
-yields, checked against the tokenizer's), a `build` classmethod and a `data_shape` classmethod; `make_source` builds one from
-the few settings a config carries. A new source is one file and one line here. Procedural shapes
-need nothing; Fashion-MNIST needs the Debian package `dataset-fashion-mnist`; "folder" reads a
+yields, checked against the tokenizer's), a `build` classmethod and a `data_shape` classmethod;
+`make_source` builds one from the few settings a config carries. A new source is one file and one
+line here. Procedural shapes (images) and moving shapes (clips) need nothing; Fashion-MNIST needs
+the Debian package `dataset-fashion-mnist`; "folder" (images) and "video_folder" (clips) read a
 user's folder in the HuggingFace convention.
 """
 
@@ -13,12 +15,14 @@ import torch
 
 from mmar.data.fashion_mnist import FashionMNIST
 from mmar.data.folder import ImageFolder
+from mmar.data.moving_shapes import MovingShapesDataset
 from mmar.data.shapes import ShapesDataset
 
 DATA_SOURCES: dict[str, type[torch.utils.data.Dataset]] = {
     "shapes": ShapesDataset,
     "fashion_mnist": FashionMNIST,
     "folder": ImageFolder,
+    "moving_shapes": MovingShapesDataset,
 }
 
 
@@ -49,5 +53,5 @@ def source_class(source: str) -> type[torch.utils.data.Dataset]:
     return DATA_SOURCES[source]
 
 
-__all__ = ["DATA_SOURCES", "FashionMNIST", "ImageFolder", "ShapesDataset", "make_source", "source_class",
-           "source_data_shape"]
+__all__ = ["DATA_SOURCES", "FashionMNIST", "ImageFolder", "MovingShapesDataset", "ShapesDataset", "make_source",
+           "source_class", "source_data_shape"]

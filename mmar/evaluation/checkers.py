@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from mmar.data.shapes import ShapesDataset, parse_caption
+from mmar.evaluation.moving_shapes_checker import MovingShapesChecker
 from mmar.evaluation.prompt_following import evaluation_prompts, score
 
 
@@ -64,7 +65,7 @@ class ShapesChecker:
         return {**{name: hits[name] / count for name in self.attributes}, "parsed": parsed / count, "count": count}
 
 
-CHECKERS: dict[str, Checker] = {"shapes": ShapesChecker()}
+CHECKERS: dict[str, Checker] = {"shapes": ShapesChecker(), "moving_shapes": MovingShapesChecker()}
 
 
 def checker_for(source: str) -> Checker:

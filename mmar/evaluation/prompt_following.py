@@ -66,9 +66,11 @@ def score(images: Sequence[torch.Tensor | Image.Image | np.ndarray] | torch.Tens
     }
 
 
-def report_markdown(scores: dict, title: str = "Prompt following (shapes)") -> str:
+def report_markdown(scores: dict, title: str = "Prompt following (shapes)", unit: str = "images") -> str:
     """A small markdown table of a `score` result."""
     lines = [f"### {title}", "", "| attribute | accuracy |", "|---|---|"]
-    lines += [f"| {name} | {100 * scores[name]:.1f}% |" for name in ATTRIBUTES]
-    lines += ["", f"{scores['count']} images, checked analytically by `mmar.evaluation.shapes_checker`."]
+    # The checker's own attributes (shapes: position; moving shapes: direction), "all" last.
+    names = [name for name in scores if isinstance(scores[name], float) and name not in ("all", "parsed")] + ["all"]
+    lines += [f"| {name} | {100 * scores[name]:.1f}% |" for name in names]
+    lines += ["", f"{scores['count']} {unit}, checked analytically (`mmar.evaluation`)."]
     return "\n".join(lines) + "\n"
