@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmar.config import save_json
-from mmar.data import make_source
+from mmar.data import make_source, source_class, source_data_shape
 from mmar.evaluation.reconstruction import reconstruction_metrics, reconstruction_grid
 from mmar.images import save_atomic
 from tokenizers_vq import TOKENIZERS
@@ -47,8 +47,13 @@ def build_tokenizer(config: TokenizerTrainConfig):
     if config.tokenizer not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {config.tokenizer!r}; known: {sorted(TOKENIZERS)}")
     cls = TOKENIZERS[config.tokenizer]
-    return cls.from_config_dict({"image_size": config.data.size, **config.tokenizer_config}
-                                if "image_size" in cls.Config.__dataclass_fields__ else dict(config.tokenizer_config))
+    data_shape = source_data_shape(**dataclasses.asdict(config.data))
+    source_modality = source_class(config.data.source).modality
+    if source_modality != cls.modality:
+        raise ValueError(f"the {config.data.source!r} source yields {source_modality}, the {config.tokenizer} "
+                         f"tokenizer reads {cls.modality}: pick a {cls.modality} source (--set data.source=...)")
+    # What the data fixes (an image tokenizer's image_size) first; the user's tokenizer_config wins.
+    return cls.from_config_dict({**cls.data_settings(data_shape), **config.tokenizer_config})
 
 
 def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
@@ -84,7 +89,7 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
                                    accelerator.num_processes, config.optim.grad_accum)
         metrics: dict[str, float] = {}
         for i, indices in enumerate(micro_batches):
-            images = torch.stack([source[j][0] for j in indices]).to(device)  # (b, 3, H, W)
+            images = torch.stack([source[j][0] for j in indices]).to(device)  # (b, *data_shape)
             sync = accelerator.no_sync(tokenizer) if i < len(micro_batches) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 result = tokenizer(images, generator)  # forward = training_loss, through DDP when distributed
@@ -118,7 +123,7 @@ def train_tokenizer(config: TokenizerTrainConfig, resume: bool = False) -> Path:
     if main:
         final = build_tokenizer(config).to(device)
         ema.copy_to(final)
-        held_out = torch.stack([source[j][0] for j in range(num_train, len(source))])  # (E, 3, H, W)
+        held_out = torch.stack([source[j][0] for j in range(num_train, len(source))])  # (E, *data_shape)
         final.calibrate(torch.stack([source[j][0] for j in range(min(512, num_train))]).to(device))
         final.save_pretrained(export)
         report = reconstruction_metrics(final, held_out.to(device))

@@ -17,12 +17,14 @@ from mmar.data.fashion_mnist import FashionMNIST
 from mmar.data.folder import ImageFolder
 from mmar.data.moving_shapes import MovingShapesDataset
 from mmar.data.shapes import ShapesDataset
+from mmar.data.video_folder import VideoFolder
 
 DATA_SOURCES: dict[str, type[torch.utils.data.Dataset]] = {
     "shapes": ShapesDataset,
     "fashion_mnist": FashionMNIST,
     "folder": ImageFolder,
     "moving_shapes": MovingShapesDataset,
+    "video_folder": VideoFolder,
 }
 
 
@@ -53,5 +55,5 @@ def source_class(source: str) -> type[torch.utils.data.Dataset]:
     return DATA_SOURCES[source]
 
 
-__all__ = ["DATA_SOURCES", "FashionMNIST", "ImageFolder", "MovingShapesDataset", "ShapesDataset", "make_source",
-           "source_class", "source_data_shape"]
+__all__ = ["DATA_SOURCES", "FashionMNIST", "ImageFolder", "MovingShapesDataset", "ShapesDataset", "VideoFolder",
+           "make_source", "source_class", "source_data_shape"]

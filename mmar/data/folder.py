@@ -30,6 +30,11 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     """Open an image, resize its shorter side to `size`, centre-crop -> (3, size, size) float in [-1, 1]."""
     with Image.open(path) as opened:
         image = opened.convert("RGB")
+    return fit_square(image, size)
+
+
+def fit_square(image: Image.Image, size: int) -> torch.Tensor:
+    """An RGB PIL image, shorter side resized to `size` (bicubic), centre-cropped -> (3, size, size) in [-1, 1]."""
     width, height = image.size
     scale = size / min(width, height)
     resized = (max(size, round(width * scale)), max(size, round(height * scale)))
