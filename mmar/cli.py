@@ -18,8 +18,10 @@ from pathlib import Path
 EXAMPLES = """examples:
   mmar quickstart                                   # tokenizer + model + report in runs/quickstart
   mmar quickstart --recipe joint --out runs/joint   # three tokenizers, ONE model over all three heads + captions
+  mmar quickstart --recipe video --out runs/video   # causal video tokenizer + model on moving-shape clips
   mmar generate --model runs/quickstart/pipeline --prompt "a red circle at the top left" --num 4 --out out.png
   mmar generate --model runs/joint/pipeline --modality image_flow --prompt "a blue square at the center"
+  mmar generate --model runs/video/pipeline --prompt "a red circle moving left" --num 1 --fps 8 --out clip.mp4
   mmar caption --model runs/joint/pipeline --image out/000.png
   mmar train-tokenizer --tokenizer image_vq --out runs/vq --set optim.steps=1000
   mmar train --tokenizer runs/vq/tokenizer --head next_token --out runs/ar --set model.num_layers=6
@@ -126,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="generate any modality of a trained pipeline from a prompt",
                               description="Images: a captioned grid when --out ends in .png, otherwise one PNG "
-                              "per sample (000.png, 001.png, ...) into the folder --out; other media: one file "
-                              "per sample (MP4, WAV, OBJ) into the folder --out. Without --modality a "
+                              "per sample (000.png, 001.png, ...) into the folder --out; video: an H.264 MP4 "
+                              "or a GIF when --out ends in .mp4 / .gif (several samples play side by side, "
+                              "captioned), at --fps; other media: one file per sample (MP4, WAV, OBJ) into the "
+                              "folder --out. Without --modality a "
                               "one-modality pipeline uses its own and a many-modality one lets the text head "
                               "choose. Same seed and settings give identical samples.")
     gen.add_argument("--model", required=True, help="pipeline folder (e.g. runs/quickstart/pipeline)")
@@ -141,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="0 keeps all codes")
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--steps", type=_positive_int, default=None, help="ODE steps (flow_matching head only)")
-    gen.add_argument("--out", default="out.png", help="grid file (*.png) or a folder for one file per sample")
+    gen.add_argument("--out", default="out.png", help="grid file (*.png for images, *.mp4 / *.gif for video) or a "
+                     "folder for one file per sample")
+    gen.add_argument("--fps", type=float, default=8.0, help="frame rate of video files (default 8)")
     gen.add_argument("--device", default="cpu")
 
     caption = commands.add_parser("caption", help="describe images with a trained pipeline's text head",
@@ -294,16 +300,24 @@ def _generate(args) -> int:
         save_atomic(captioned_grid(outputs, captions, columns=min(8, len(outputs))), out)
         print(f"wrote a grid of {len(outputs)} images to {out}")
         return 0
-    if out.suffix:
-        raise UsageError(f"--out {out}: a .png grid holds images only; give a folder for {', '.join(sorted(media))}")
-    from mmar.media import default_name, save_media
+    if not args.fps > 0:
+        raise UsageError(f"--fps must be positive, got {args.fps}")
+    from mmar.media import default_name, save_media, video_grid
 
+    if out.suffix.lower() in (".mp4", ".gif") and media == {"video"}:
+        clip = outputs[0] if len(outputs) == 1 else video_grid(outputs, captions, columns=min(8, len(outputs)))
+        save_media("video", clip, out, fps=args.fps)
+        print(f"wrote {len(outputs)} clip{'s side by side' if len(outputs) > 1 else ''} to {out}")
+        return 0
+    if out.suffix:
+        raise UsageError(f"--out {out}: a file holds one medium ({', '.join(sorted(media))} here): .png for images, "
+                         ".mp4 or .gif for video; otherwise give a folder for one file per sample")
     for i, (item, modality) in enumerate(zip(outputs, chosen)):
         medium = pipeline.spec(modality).medium
         if medium == "image":
             save_atomic(item, out / f"{i:03d}.png")
         else:
-            save_media(medium, item, out / default_name(medium, i))
+            save_media(medium, item, out / default_name(medium, i), **({"fps": args.fps} if medium == "video" else {}))
     print(f"wrote {len(outputs)} samples to {out}/")
     return 0
 
