@@ -90,3 +90,19 @@ def test_generate_command_writes_mp4_gif_and_folders(saved_pipeline, tmp_path):
     assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == ["000.mp4", "001.mp4"]
     result = _generate_command(*common, "--out", str(tmp_path / "clip.wav"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and ".mp4" in result.stderr
+
+
+def test_demo_script_writes_mp4_gif_and_folder(saved_pipeline, tmp_path):
+    from PIL import Image
+
+    from demos.text_to_video import main
+
+    assert main(["--model", str(saved_pipeline), "--out", str(tmp_path / "demo.mp4"), "--fps", "4"]) == 0
+    assert (tmp_path / "demo.mp4").stat().st_size > 0
+    assert main(["--model", str(saved_pipeline), "--num", "2", "--out", str(tmp_path / "demo.gif")]) == 0
+    with Image.open(tmp_path / "demo.gif") as gif:
+        assert gif.n_frames == 9
+    assert main(["--model", str(saved_pipeline), "--num", "2", "--out", str(tmp_path / "each")]) == 0
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == ["000.mp4", "001.mp4"]
+    assert main(["--model", str(tmp_path / "missing")]) == 2
+    assert main(["--model", str(saved_pipeline), "--out", str(tmp_path / "clip.wav")]) == 2
