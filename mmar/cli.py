@@ -94,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "next_token, next_scale and flow_matching image runs at once, plus captioning; "
                                 "--recipe video trains the causal video tokenizer and one head on moving-shape "
                                 "clips and writes an animated GIF sample grid (samples.gif) and frame strips.")
-    quick.add_argument("--recipe", default="single", choices=["single", "joint", "video"],
+    quick.add_argument("--recipe", default="single", choices=["single", "joint", "video", "joint_video"],
                        help="single: one image head (--head); joint: all three heads on one backbone + captions; "
-                       "video: the causal video tokenizer + one head (next_token or flow_matching) on moving shapes")
+                       "video: the causal video tokenizer + one head (next_token or flow_matching) on moving "
+                       "shapes; joint_video: joint plus a next-token video run (one model, images and clips)")
     quick.add_argument("--head", default="next_token", choices=heads, metavar="HEAD",
                        help="the head of the single recipe: %(choices)s (default next_token)")
     quick.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
@@ -221,16 +222,17 @@ def _quickstart(args) -> int:
     report = run_quickstart(args.head, out, args.overrides, tiny=args.tiny, num_prompts=args.num_prompts,
                             per_prompt=args.per_prompt, recipe=args.recipe)
     title = {"single": args.head, "video": f"video, {args.head}"}.get(
-        args.recipe, "joint: " + ", ".join(report["heads"].values()))
+        args.recipe, f"{args.recipe}: " + ", ".join(report["heads"].values()))
     print(f"\nmmar quickstart ({title}) finished in {report['seconds']['total']:.0f} s")
-    one = args.recipe != "joint"
+    one = not args.recipe.startswith("joint")
     scores = {next(iter(report["heads"])): report["prompt_following"]} if one else report["prompt_following"]
     for name, score in scores.items():
         print(f"  prompt-following {name} ({report['heads'][name]}): {_attributes(score)}")
     if "captions" in report:
         print(f"  captions: {_attributes(report['captions'])}")
     print(f"  tokenizer: {report['tokenizer']}")
-    samples = ("samples.gif", "samples") if args.recipe == "video" else ("samples.png",)
+    samples = {"video": ("samples.gif", "samples"), "joint_video": ("samples.png", "samples.gif", "samples")}.get(
+        args.recipe, ("samples.png",))
     for name in ("pipeline", *samples, "curves.png", "report.md", "report.json"):
         print(f"  {name:<12} {out / name}")
     if args.recipe == "video":

@@ -53,3 +53,26 @@ def test_tiny_video_quickstart_writes_everything(tmp_path):
     assert saved["prompt_following"]["count"] == 4 and len(saved["tokenizer"]["psnr_per_frame"]) == 5
     assert report["heads"] == {"video": head} and Pipeline.from_pretrained(out / "pipeline").head == head
     assert "direction" in (out / "report.md").read_text()
+
+
+
+def test_one_model_trains_on_images_and_clips_and_makes_both(tmp_path):
+    """The joint_video recipe's core at the smallest size: one image run and one video run, one backbone.
+
+    (The full `--recipe joint_video --tiny` adds the next_scale and flow image runs the joint tests
+    already cover, and takes ~9 minutes on a shared 2-core CPU, so it stays out of the suite.)"""
+    from trainers.ar import train_ar
+    from trainers.recipes import JOINT_VIDEO_RUNS, tiny_joint_video, tiny_tokenizer, tiny_video_tokenizer
+    from trainers.tokenizer import train_tokenizer
+
+    assert JOINT_VIDEO_RUNS["video"] == "next_token"
+    tokenizers = {"image_token": str(train_tokenizer(tiny_tokenizer("next_token", str(tmp_path / "image")))),
+                  "video": str(train_tokenizer(tiny_video_tokenizer("next_token", str(tmp_path / "video"))))}
+    config = tiny_joint_video(str(tmp_path / "ar"), {**tokenizers, "image_scale": "", "image_flow": ""})
+    config.modalities = {name: config.modalities[name] for name in tokenizers}  # the two runs only
+    assert config.modalities["video"].data.source == "moving_shapes"
+    pipe = Pipeline.from_pretrained(train_ar(config))
+    assert pipe.modalities == ["image_token", "video"] and pipe.sources["video"] == "moving_shapes"
+    image, clip = pipe("a red circle at the top left", modality="image_token")[0], pipe("a red circle moving left",
+                                                                                      modality="video")[0]
+    assert image.size == (32, 32) and clip.shape == (5, 3, 16, 16)

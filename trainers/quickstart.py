@@ -2,7 +2,8 @@
 
 Recipe "single": one image tokenizer and one head (`--head`). Recipe "joint": the three image
 tokenizers and one backbone trained on all three heads at once, with captioning mixed in; the
-report then has prompt-following per head and caption accuracy. Recipe "video": the causal video
+report then has prompt-following per head and caption accuracy. Recipe "joint_video": the joint
+recipe plus a next-token video run, so ONE model makes images and clips. Recipe "video": the causal video
 tokenizer and one head (`--head next_token` or `flow_matching`) on moving-shape clips; the sample
 sheet is an animated GIF grid with captions (`samples.gif`) plus a PNG strip of every sample's
 frames (`samples/000.png`, ...), and the report adds the tokenizer's PSNR per frame position on
@@ -22,9 +23,9 @@ from mmar.images import captioned_grid, save_atomic
 from mmar.pipeline import Pipeline
 from trainers.ar import train_ar
 from trainers.plots import plot_curves
-from trainers.recipes import (HEAD_TOKENIZER, JOINT_RUNS, RECIPES, joint_ar, quickstart_ar, quickstart_tokenizer,
-                              tiny_ar, tiny_joint, tiny_tokenizer, tiny_video_ar, tiny_video_tokenizer, video_ar,
-                              video_tokenizer)
+from trainers.recipes import (JOINT_RUNS, JOINT_VIDEO_RUNS, RECIPES, joint_ar, joint_video_ar, quickstart_ar,
+                              quickstart_tokenizer, tiny_ar, tiny_joint, tiny_joint_video, tiny_tokenizer,
+                              tiny_video_ar, tiny_video_tokenizer, video_ar, video_tokenizer)
 from trainers.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -65,11 +66,13 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
     out = Path(out)
     started = time.perf_counter()
     tokenizer_overrides, ar_overrides = _split_overrides(list(overrides))
-    heads = {"image": head} if recipe == "single" else {"video": head} if recipe == "video" else dict(JOINT_RUNS)
+    heads = {"single": {"image": head}, "video": {"video": head}, "joint": dict(JOINT_RUNS),
+             "joint_video": dict(JOINT_VIDEO_RUNS)}[recipe]
+    joint = recipe.startswith("joint")
     tokenizer_dirs, tokenizer_reports, curves = {}, {}, {}
     for name, run_head in heads.items():
-        run_dir = out / ("tokenizer_run" if recipe != "joint" else f"tokenizer_{name}")
-        if recipe == "video":
+        run_dir = out / (f"tokenizer_{name}" if joint else "tokenizer_run")
+        if name == "video":
             config = (tiny_video_tokenizer if tiny else video_tokenizer)(run_head, str(run_dir))
         else:
             config = (tiny_tokenizer if tiny else quickstart_tokenizer)(run_head, str(run_dir))
@@ -82,12 +85,15 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
         ar_config = (tiny_ar if tiny else quickstart_ar)(head, str(out / "ar_run"), tokenizer_dirs["image"])
     elif recipe == "video":
         ar_config = (tiny_video_ar if tiny else video_ar)(head, str(out / "ar_run"), tokenizer_dirs["video"])
-    else:
+    elif recipe == "joint":
         ar_config = (tiny_joint if tiny else joint_ar)(str(out / "ar_run"), tokenizer_dirs)
+    else:
+        ar_config = (tiny_joint_video if tiny else joint_video_ar)(str(out / "ar_run"), tokenizer_dirs)
     ar_config = apply_overrides(ar_config, ar_overrides)
-    if recipe == "video":  # the tokenizer trained on shorter clips: report it on the model's own clip length
+    if "video" in heads:  # the tokenizer trained on shorter clips: report it on the model's own clip length
         tokenizer_reports["video"] = clip_reconstruction(tokenizer_dirs["video"], ar_config.modalities["video"].data)
-        (out / "tokenizer_run" / "report_clips.json").write_text(json.dumps(tokenizer_reports["video"], indent=2) + "\n")
+        run_dir = out / ("tokenizer_video" if joint else "tokenizer_run")
+        (run_dir / "report_clips.json").write_text(json.dumps(tokenizer_reports["video"], indent=2) + "\n")
     pipeline_dir = train_ar(ar_config)
     ar_seconds = time.perf_counter() - started - tokenizer_seconds
     curves[f"AR ({'+'.join(heads.values())})"] = out / "ar_run" / "metrics.jsonl"
@@ -95,31 +101,33 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
     final = out / "pipeline"
     pipeline = Pipeline.from_pretrained(pipeline_dir)
     pipeline.save_pretrained(final)
-    if recipe == "video":
-        write_video_samples(pipeline, VIDEO_PROMPTS[:4] if tiny else VIDEO_PROMPTS, out, guidance_scale)
-    else:
+    images = [name for name in pipeline.modalities if pipeline.spec(name).medium == "image"]
+    if images:
         prompts = GRID_PROMPTS[:4] if tiny else GRID_PROMPTS
         pictures, captions = [], []
-        for name in pipeline.modalities:
+        for name in images:
             pictures += pipeline(prompts, modality=name, guidance_scale=guidance_scale, seed=0)
-            captions += [p if recipe == "single" else f"{pipeline.head_of(name)}: {p}" for p in prompts]
+            captions += [f"{pipeline.head_of(name)}: {p}" if joint else p for p in prompts]
         save_atomic(captioned_grid(pictures, captions, columns=8), out / "samples.png")
+    if "video" in pipeline.modalities:
+        write_video_samples(pipeline, VIDEO_PROMPTS[:4] if tiny else VIDEO_PROMPTS, out, guidance_scale)
     plot_curves(curves, out / "curves.png")
     scores = {name: evaluate(pipeline, name, num_prompts, per_prompt, guidance_scale=guidance_scale)
               for name in pipeline.modalities}
+    first = next(iter(heads))
     report = {
         "recipe": recipe,
         "heads": {name: pipeline.head_of(name) for name in pipeline.modalities},
-        "prompt_following": scores[next(iter(heads))] if recipe != "joint" else scores,
-        "tokenizer": tokenizer_reports[next(iter(heads))] if recipe != "joint" else tokenizer_reports,
+        "prompt_following": scores if joint else scores[first],
+        "tokenizer": tokenizer_reports if joint else tokenizer_reports[first],
         "sampling": {"guidance_scale": guidance_scale, "seed": 0},
     }
-    title = {"single": f"mmar quickstart ({head})", "video": f"mmar quickstart (video, {head})"}.get(
-        recipe, "mmar quickstart (joint)")
-    unit = "clips" if recipe == "video" else "images"
-    markdown = "\n".join(report_markdown(s, f"{title}: {name} ({pipeline.head_of(name)})", unit)
+    title = {"single": f"mmar quickstart ({head})", "video": f"mmar quickstart (video, {head})",
+             "joint": "mmar quickstart (joint)", "joint_video": "mmar quickstart (joint, with video)"}[recipe]
+    markdown = "\n".join(report_markdown(s, f"{title}: {name} ({pipeline.head_of(name)})",
+                                         "clips" if pipeline.spec(name).medium == "video" else "images")
                          for name, s in scores.items())
-    if recipe == "joint":
+    if joint:
         report["captions"] = evaluate_captions(pipeline, num_items=num_prompts, per_item=per_prompt)
         markdown += "\n" + report_markdown(report["captions"], f"{title}: caption accuracy "
                                            f"({pipeline.caption_modality()}, first caption greedy, then sampled)")

@@ -22,7 +22,9 @@ HEAD_TOKENIZER = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow
 JOINT_RUNS = {"image_token": "next_token", "image_scale": "next_scale", "image_flow": "flow_matching"}
 #: the joint run that also learns to caption (the other two only generate)
 JOINT_CAPTIONER = "image_token"
-RECIPES = ("single", "joint", "video")
+#: the joint recipe with video: the image runs plus a next-token video run ("video" trains the video tokenizer)
+JOINT_VIDEO_RUNS = {**JOINT_RUNS, "video": "next_token"}
+RECIPES = ("single", "joint", "video", "joint_video")
 #: the video tokenizer's bottleneck for each head it serves
 VIDEO_BOTTLENECK = {"next_token": "fsq", "flow_matching": "kl"}
 #: the video recipe's clips: frames per clip for the model (and the report); the tokenizer trains on fewer
@@ -115,6 +117,24 @@ def tiny_video_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
 
 def tiny_video_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
     config = _tiny(video_ar(head, out, tokenizer))
+    config.modalities["video"].data = DataConfig(source="moving_shapes", size=16, num_frames=5, num_items=64)
+    config.modalities["video"].sample_prompts = ("a red circle moving left", "a green square moving up")
+    return config
+
+
+def joint_video_ar(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
+    """The joint recipe plus a next-token video run on moving shapes: one backbone makes images and clips.
+
+    Four runs share the draws, so 2,000 steps give each about as many samples as the joint recipe's
+    1,500 steps give each of its three."""
+    config = joint_ar(out, tokenizers)
+    config.modalities["video"] = video_ar("next_token", out, tokenizers["video"]).modalities["video"]
+    config.optim.steps = 2000
+    return config
+
+
+def tiny_joint_video(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
+    config = _tiny(joint_video_ar(out, tokenizers))
     config.modalities["video"].data = DataConfig(source="moving_shapes", size=16, num_frames=5, num_items=64)
     config.modalities["video"].sample_prompts = ("a red circle moving left", "a green square moving up")
     return config
