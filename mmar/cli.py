@@ -256,7 +256,13 @@ def _train_tokenizer(args) -> int:
     from mmar.config import apply_overrides
     from trainers.tokenizer import TokenizerTrainConfig, train_tokenizer
 
-    config = apply_overrides(TokenizerTrainConfig(out=args.out, tokenizer=args.tokenizer), args.overrides)
+    from mmar.data import PROCEDURAL_SOURCES
+    from tokenizers_vq import TOKENIZERS
+    from trainers.common import DataConfig
+
+    # The tokenizer's medium's built-in procedural source is the default (`--set data.source=...` picks another).
+    data = DataConfig(source=PROCEDURAL_SOURCES.get(TOKENIZERS[args.tokenizer].modality, DataConfig.source))
+    config = apply_overrides(TokenizerTrainConfig(out=args.out, tokenizer=args.tokenizer, data=data), args.overrides)
     print(f"tokenizer written to {train_tokenizer(config, resume=args.resume)}")
     return 0
 

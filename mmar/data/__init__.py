@@ -27,6 +27,9 @@ DATA_SOURCES: dict[str, type[torch.utils.data.Dataset]] = {
     "video_folder": VideoFolder,
 }
 
+#: each medium's built-in procedural source: the default data of a tokenizer or model of that medium
+PROCEDURAL_SOURCES: dict[str, str] = {"image": "shapes", "video": "moving_shapes"}
+
 
 def make_source(source: str, *, num_items: int | None, seed: int, path: str | None = None,
                 **settings: object) -> torch.utils.data.Dataset:
@@ -55,5 +58,5 @@ def source_class(source: str) -> type[torch.utils.data.Dataset]:
     return DATA_SOURCES[source]
 
 
-__all__ = ["DATA_SOURCES", "FashionMNIST", "ImageFolder", "MovingShapesDataset", "ShapesDataset", "VideoFolder",
+__all__ = ["DATA_SOURCES", "PROCEDURAL_SOURCES", "FashionMNIST", "ImageFolder", "MovingShapesDataset", "ShapesDataset", "VideoFolder",
            "make_source", "source_class", "source_data_shape"]
