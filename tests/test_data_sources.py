@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmar.data import DATA_SOURCES, make_source
+from mmar.data import DATA_SOURCES, make_source, source_data_shape
 from mmar.data.fashion_mnist import CLASSES, DEFAULT_ROOT, FashionMNIST, FashionMNISTNotFound
 from mmar.data.folder import ImageFolder
 
@@ -162,7 +162,7 @@ def test_fashion_mnist_from_the_debian_package(monkeypatch):
 
 
 def test_registry_and_make_source(user_folder):
-    assert set(DATA_SOURCES) == {"shapes", "fashion_mnist", "folder"}
+    assert set(DATA_SOURCES) == {"shapes", "fashion_mnist", "folder", "moving_shapes", "video_folder"}
     shapes = make_source("shapes", size=48, num_items=7, seed=1, path=None)
     assert len(shapes) == 7 and shapes[0][0].shape == (3, 48, 48)
     assert shapes[3][1] == make_source("shapes", size=48, num_items=7, seed=1, path=None)[3][1]
@@ -177,14 +177,32 @@ def test_registry_and_make_source(user_folder):
         make_source("shapes", size=32, num_items=0, seed=0, path=None)
 
 
+@pytest.fixture
+def user_clips(tmp_path):
+    """3 clips written by mmar (two MP4, one GIF) in a video folder."""
+    from mmar.data.moving_shapes import render_clip
+    from mmar.media import save_media
+
+    names = ["a.mp4", "b.mp4", "c.gif"]
+    for name in names:
+        save_media("video", render_clip("red", "circle", "left", size=32, num_frames=6), tmp_path / "clips" / name)
+    write_metadata(tmp_path / "clips", [json.dumps({"file_name": n, "text": "a red circle moving left"}) for n in names])
+    return tmp_path / "clips"
+
+
 @pytest.mark.parametrize("name", sorted(DATA_SOURCES))
-def test_every_source_yields_image_and_caption(name, user_folder):
-    """The data-source contract, over the whole registry: (image (3, H, W) float in [-1, 1], caption str)."""
-    path = str(user_folder) if name == "folder" else None
-    source = make_source(name, size=24, num_items=3, seed=0, path=path)
+def test_every_source_yields_media_and_caption(name, user_folder, user_clips):
+    """The data-source contract, over the whole registry: (media of `source_data_shape` (images (3, H, W),
+    clips (F, 3, H, W)) float in [-1, 1], caption str)."""
+    path = {"folder": str(user_folder), "video_folder": str(user_clips)}.get(name)
+    settings = {"size": 24, "num_frames": 5, "frame_stride": 1}  # every medium's DataConfig fields
+    source = make_source(name, num_items=3, seed=0, path=path, **settings)
     assert isinstance(source, DATA_SOURCES[name]) and len(source) == 3
+    assert DATA_SOURCES[name].modality in ("image", "video")
+    shape = source_data_shape(name, **settings)
     for index in range(len(source)):
-        image, text = source[index]
-        assert isinstance(image, torch.Tensor) and image.dtype == torch.float32
-        assert image.shape == (3, 24, 24) and image.min() >= -1 and image.max() <= 1  # (3, H, W)
+        media, text = source[index]
+        assert isinstance(media, torch.Tensor) and media.dtype == torch.float32
+        assert media.shape == shape and media.min() >= -1 and media.max() <= 1
+        assert media.shape[-3:] == (3, 24, 24)
         assert isinstance(text, str) and text
