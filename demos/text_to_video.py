@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
         out = Path(args.out)
         if out.suffix.lower() in (".mp4", ".gif"):
-            clip = clips[0] if len(clips) == 1 else video_grid(clips, [args.prompt] * len(clips), columns=min(8, len(clips)))
+            captions = [args.prompt] * len(clips)
+            clip = clips[0] if len(clips) == 1 else video_grid(clips, captions, columns=min(8, len(clips)))
             save_media("video", clip, out, fps=args.fps)
         elif out.suffix:
             raise ValueError(f"--out {out}: give a .mp4 or .gif file, or a folder")

@@ -177,7 +177,8 @@ class VideoVQ(Tokenizer):
         if self.quantizer is None:
             mean, logvar = features.float().chunk(2, dim=-1)  # (B, t, h, w, C) each
             logvar = logvar.clamp(-30.0, 20.0)
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)  # (B, t, h, w, C)
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device,
+                                dtype=mean.dtype)  # (B, t, h, w, C)
             reconstruction = self._decode_features(mean + torch.exp(0.5 * logvar) * noise)  # (B, F, 3, H, W)
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)  # (B, t, h, w, C)
             auxiliary = self.config.kl_weight * kl.flatten(1).sum(1).mean()  # () per clip, as in LDM
