@@ -21,9 +21,11 @@ from pathlib import Path
 EXAMPLES = """examples:
   mmar quickstart                                   # tokenizer + model + report in runs/quickstart
   mmar quickstart --recipe joint --out runs/joint   # three tokenizers, ONE model over all three heads + captions
+  mmar quickstart --recipe video --out runs/video   # causal video tokenizer + model on moving-shape clips
   mmar quickstart --recipe audio --out runs/audio   # the RVQ codec + one model on procedural notes (WAV)
   mmar generate --model runs/quickstart/pipeline --prompt "a red circle at the top left" --num 4 --out out.png
   mmar generate --model runs/joint/pipeline --modality image_flow --prompt "a blue square at the center"
+  mmar generate --model runs/video/pipeline --prompt "a red circle moving left" --num 1 --fps 8 --out clip.mp4
   mmar caption --model runs/joint/pipeline --image out/000.png
   mmar train-tokenizer --tokenizer image_vq --out runs/vq --set optim.steps=1000
   mmar train --tokenizer runs/vq/tokenizer --head next_token --out runs/ar --set model.num_layers=6
@@ -134,9 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train image tokenizer(s) and the AR model on the procedural shapes "
                                 "dataset, then write the pipeline, a sample grid, training curves and a "
                                 "prompt-following report into --out. --recipe joint trains ONE backbone on "
-                                "next_token, next_scale and flow_matching image runs at once, plus captioning.")
-    quick.add_argument("--recipe", default="single", choices=["single", "joint", "audio", "speech"],
-                       help="single: one head (--head); joint: all three heads on one backbone + captions; "
+                                "next_token, next_scale and flow_matching image runs at once, plus captioning; "
+                                "--recipe video trains the causal video tokenizer and one head on moving-shape "
+                                "clips and writes an animated GIF sample grid (samples.gif) and frame strips; "
+                                "--recipe audio the RVQ codec and one model on procedural notes (WAV samples).")
+    quick.add_argument("--recipe", default="single", choices=["single", "joint", "video", "joint_video", "audio", "speech"],
+                       help="single: one image head (--head); joint: all three heads on one backbone + captions; "
+                       "video: the causal video tokenizer + one head (next_token or flow_matching) on moving "
+                       "shapes; joint_video: joint plus a next-token video run (one model, images and clips); "
                        "audio: the RVQ codec and one model on procedural notes (WAV samples); speech: the same "
                        "on words spoken by espeak-ng")
     quick.add_argument("--pattern", default="delay", choices=["delay", "flat", "parallel"],
@@ -176,8 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="generate any modality of a trained pipeline from a prompt",
                               description="Images: a captioned grid when --out ends in .png, otherwise one PNG "
-                              "per sample (000.png, 001.png, ...) into the folder --out; other media: one file "
-                              "per sample (MP4, WAV, OBJ) into the folder --out. Without --modality a "
+                              "per sample (000.png, 001.png, ...) into the folder --out; video: an H.264 MP4 "
+                              "or a GIF when --out ends in .mp4 / .gif (several samples play side by side, "
+                              "captioned), at --fps; other media: one file per sample (MP4, WAV, OBJ) into the "
+                              "folder --out. Without --modality a "
                               "one-modality pipeline uses its own and a many-modality one lets the text head "
                               "choose. Same seed and settings give identical samples.")
     gen.add_argument("--model", required=True, help="pipeline folder (e.g. runs/quickstart/pipeline)")
@@ -191,8 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=_nonnegative_int, default=0, help="0 keeps all codes")
     gen.add_argument("--top-p", type=_finite_float, default=1.0)
     gen.add_argument("--steps", type=_positive_int, default=None, help="ODE steps (flow_matching head only)")
-    gen.add_argument("--out", default="out.png", help="grid file (*.png), one file of the medium (a.wav, a.mp4, "
-                     "a.obj; several samples become a-000.wav, ...), or a folder for one file per sample")
+    gen.add_argument("--out", default="out.png", help="grid file (*.png for images, *.mp4 / *.gif for video, "
+                     "several clips side by side), one file of the medium (a.wav; several samples become a-000.wav, "
+                     "...), or a folder for one file per sample")
+    gen.add_argument("--fps", type=_finite_float, default=8.0, help="frame rate of video files (default 8)")
     gen.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
     caption = commands.add_parser("caption", help="describe images with a trained pipeline's text head",
@@ -342,30 +353,48 @@ def _quickstart(args) -> int:
         print(f'\ngenerate more:\n  mmar generate --model {out / "pipeline"} --modality audio --prompt '
               f'"{prompt}" --num 1 --out a.wav')
         return 0
-    title = args.head if args.recipe == "single" else "joint: " + ", ".join(report["heads"].values())
+    title = {"single": args.head, "video": f"video, {args.head}"}.get(
+        args.recipe, f"{args.recipe}: " + ", ".join(report["heads"].values()))
     print(f"\nmmar quickstart ({title}) finished in {report['seconds']['total']:.0f} s")
-    scores = {"image": report["prompt_following"]} if args.recipe == "single" else report["prompt_following"]
+    one = not args.recipe.startswith("joint")
+    scores = {next(iter(report["heads"])): report["prompt_following"]} if one else report["prompt_following"]
     for name, score in scores.items():
-        print(f"  prompt-following {name} ({report['heads'][name]}): color {score['color']:.0%}  shape "
-              f"{score['shape']:.0%}  position {score['position']:.0%}  all three {score['all']:.0%}")
+        print(f"  prompt-following {name} ({report['heads'][name]}): {_attributes(score)}")
     if "captions" in report:
-        c = report["captions"]
-        print(f"  captions: color {c['color']:.0%}  shape {c['shape']:.0%}  position {c['position']:.0%}  "
-              f"all three {c['all']:.0%}")
+        print(f"  captions: {_attributes(report['captions'])}")
     print(f"  tokenizer: {report['tokenizer']}")
-    for name in ("pipeline", "samples.png", "curves.png", "report.md", "report.json"):
+    samples = {"video": ("samples.gif", "samples"), "joint_video": ("samples.png", "samples.gif", "samples")}.get(
+        args.recipe, ("samples.png",))
+    for name in ("pipeline", *samples, "curves.png", "report.md", "report.json"):
         print(f"  {name:<12} {out / name}")
+    if args.recipe == "video":
+        print(f'\ngenerate more:\n  mmar generate --model {out / "pipeline"} --prompt "a red circle moving left" '
+              f'--num 4 --seed 0 --cfg 3 --fps 8 --out clips.gif')
+        return 0
     modality = "" if args.recipe == "single" else f" --modality {next(iter(report['heads']))}"
     print(f'\ngenerate more:\n  mmar generate --model {out / "pipeline"}{modality} --prompt "a red circle at the top '
           f'left" --num 4 --seed 0 --cfg 3 --out out.png')
     return 0
 
 
+def _attributes(score: dict) -> str:
+    """"color 90%  shape 80%  position 70%  all three 60%" for whichever attributes a checker reports."""
+    names = [name for name in score if isinstance(score[name], float) and name not in ("all", "parsed")]
+    return "  ".join(f"{name} {score[name]:.0%}" for name in names) + \
+        f"  all three {score['all']:.0%}"
+
+
 def _train_tokenizer(args) -> int:
     from mmar.config import apply_overrides
     from trainers.tokenizer import TokenizerTrainConfig, train_tokenizer
 
-    config = apply_overrides(TokenizerTrainConfig(out=args.out, tokenizer=args.tokenizer), args.overrides)
+    from mmar.data import PROCEDURAL_SOURCES
+    from tokenizers_vq import TOKENIZERS
+    from trainers.common import DataConfig
+
+    # The tokenizer's medium's built-in procedural source is the default (`--set data.source=...` picks another).
+    data = DataConfig(source=PROCEDURAL_SOURCES.get(TOKENIZERS[args.tokenizer].modality, DataConfig.source))
+    config = apply_overrides(TokenizerTrainConfig(out=args.out, tokenizer=args.tokenizer, data=data), args.overrides)
     print(f"tokenizer written to {train_tokenizer(config, resume=args.resume)}")
     return 0
 
@@ -405,6 +434,8 @@ def _check_steps(pipeline, modality: str | None, steps) -> None:
 def _generate(args) -> int:
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if not args.fps > 0:
+        raise UsageError(f"--fps must be positive, got {args.fps}")
     from mmar.images import captioned_grid, save_atomic
     from mmar.pipeline import Pipeline
 
@@ -425,8 +456,13 @@ def _generate(args) -> int:
         save_atomic(captioned_grid(outputs, captions, columns=min(8, len(outputs))), out)
         print(f"wrote a grid of {len(outputs)} images to {out}")
         return 0
-    from mmar.media import default_name, save_media
+    from mmar.media import default_name, save_media, video_grid
 
+    if out.suffix.lower() in (".mp4", ".gif") and media == {"video"}:
+        clip = outputs[0] if len(outputs) == 1 else video_grid(outputs, captions, columns=min(8, len(outputs)))
+        save_media("video", clip, out, fps=args.fps)
+        print(f"wrote {len(outputs)} clip{'s side by side' if len(outputs) > 1 else ''} to {out}")
+        return 0
     if out.suffix:
         _check_out(out, media)
         medium = next(iter(media))
@@ -441,7 +477,8 @@ def _generate(args) -> int:
         if medium == "image":
             save_atomic(item, out / f"{i:03d}.png")
         else:
-            save_media(medium, item, out / default_name(medium, i), **pipeline.save_options(modality))
+            options = {"fps": args.fps} if medium == "video" else pipeline.save_options(modality)
+            save_media(medium, item, out / default_name(medium, i), **options)
     print(f"wrote {len(outputs)} samples to {out}/")
     return 0
 

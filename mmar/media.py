@@ -132,6 +132,20 @@ def preview_video(sample, num_frames: int = 4) -> Image.Image:
     return Image.fromarray(np.concatenate(list(frames[chosen]), axis=1), mode="RGB")  # (H, n*W, 3)
 
 
+def video_grid(clips: list, captions: list[str], columns: int = 8, cell: int = PREVIEW_SIZE) -> torch.Tensor:
+    """Clips (T, 3, H, W) in [-1, 1] (equal T) -> one captioned grid clip (T, 3, H', W'): frame k is
+    `captioned_grid` of every clip's frame k, so the grid plays all samples side by side."""
+    from mmar.images import captioned_grid, from_pil
+
+    videos = [_video(clip) for clip in clips]
+    lengths = {len(video) for video in videos}
+    if len(lengths) != 1:
+        raise ValueError(f"a video grid needs clips of one length, got {sorted(lengths)} frames")
+    frames = [captioned_grid([to_pil(video[k]) for video in videos], captions, columns=columns, cell=cell)
+              for k in range(lengths.pop())]
+    return torch.stack([from_pil(frame) for frame in frames])  # (T, 3, H', W')
+
+
 # ---- audio -------------------------------------------------------------------------------------
 
 MAX_CHANNELS = 8  # more "channels" than this is almost surely a (S, C) tensor passed as (C, S)

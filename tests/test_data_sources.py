@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmar.data import DATA_SOURCES, make_source
+from mmar.data import DATA_SOURCES, make_source, source_data_shape
 from mmar.data.fashion_mnist import CLASSES, DEFAULT_ROOT, FashionMNIST, FashionMNISTNotFound
 from mmar.data.folder import ImageFolder
 
@@ -162,7 +162,7 @@ def test_fashion_mnist_from_the_debian_package(monkeypatch):
 
 
 def test_registry_and_make_source(user_folder):
-    assert {"shapes", "fashion_mnist", "folder", "notes", "audio_folder"} <= set(DATA_SOURCES)
+    assert {"shapes", "fashion_mnist", "folder", "notes", "audio_folder", "speech", "moving_shapes", "video_folder"} <= set(DATA_SOURCES)
     shapes = make_source("shapes", size=48, num_items=7, seed=1, path=None)
     assert len(shapes) == 7 and shapes[0][0].shape == (3, 48, 48)
     assert shapes[3][1] == make_source("shapes", size=48, num_items=7, seed=1, path=None)[3][1]
@@ -190,16 +190,30 @@ def sound_folder(tmp_path):
     return folder
 
 
+@pytest.fixture
+def user_clips(tmp_path):
+    """3 clips written by mmar (two MP4, one GIF) in a video folder."""
+    from mmar.data.moving_shapes import render_clip
+    from mmar.media import save_media
+
+    names = ["a.mp4", "b.mp4", "c.gif"]
+    for name in names:
+        save_media("video", render_clip("red", "circle", "left", size=32, num_frames=6), tmp_path / "clips" / name)
+    write_metadata(tmp_path / "clips", [json.dumps({"file_name": n, "text": "a red circle moving left"}) for n in names])
+    return tmp_path / "clips"
+
+
 @pytest.mark.parametrize("name", sorted(DATA_SOURCES))
-def test_every_source_yields_media_and_caption(name, user_folder, sound_folder):
-    """The data-source contract, over the whole registry: (media of data_shape, float in [-1, 1], caption str)."""
+def test_every_source_yields_media_and_caption(name, user_folder, sound_folder, user_clips):
+    """The data-source contract, over the whole registry: (media of `source_data_shape`, float in [-1, 1],
+    caption str): images (3, H, W), clips (F, 3, H, W), audio (1, S)."""
     from mmar.data import source_data_shape
 
-    settings = {"size": 24, "seconds": 0.5, "sample_rate": 8000}
-    path = {"folder": str(user_folder), "audio_folder": str(sound_folder)}.get(name)
+    settings = {"size": 24, "seconds": 0.5, "sample_rate": 8000, "num_frames": 5, "frame_stride": 1}
+    path = {"folder": str(user_folder), "audio_folder": str(sound_folder), "video_folder": str(user_clips)}.get(name)
     source = make_source(name, num_items=3, seed=0, path=path, **settings)
     assert isinstance(source, DATA_SOURCES[name]) and len(source) == 3
-    expected = {"image": (3, 24, 24), "audio": (1, 4000)}[DATA_SOURCES[name].modality]
+    expected = {"image": (3, 24, 24), "audio": (1, 4000), "video": (5, 3, 24, 24)}[DATA_SOURCES[name].modality]
     assert source_data_shape(name, **settings) == expected
     for index in range(len(source)):
         media, text = source[index]

@@ -22,13 +22,20 @@ TINY: dict[str, dict] = {
                       "code_dim": 8},
     "image_kl": {"base_channels": 8, "channel_multipliers": (1, 1, 2)},
     "audio_codec": {"base_channels": 4, "max_channels": 16, "dilations": (1,), "latent_dim": 8, "codebook_size": 16},
+    "video_vq": {"base_channels": 8, "channel_multipliers": (1, 1, 2)},
+}
+# Further configs of a registered tokenizer that change its kind of tokens (codes vs latents), each
+# run through the same contract: id -> (registry name, overrides).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "video_vq[kl]": ("video_vq", {**TINY["video_vq"], "bottleneck": "kl"}),
 }
 
 
-def build(name: str):
+def build(name: str, overrides: dict | None = None):
     cls = TOKENIZERS[name]
     fields = {field.name for field in dataclasses.fields(cls.Config)}
-    overrides = {key: value for key, value in TINY.get(name, {}).items() if key in fields}
+    overrides = {key: value for key, value in (TINY.get(name, {}) if overrides is None else overrides).items()
+                 if key in fields}
     torch.manual_seed(0)
     return cls(cls.Config(**overrides))
 
@@ -52,13 +59,20 @@ def sample_data(tokenizer):
         dataset = NotesDataset(2, seconds=0.5, sample_rate=rate, seed=0)
         clips = torch.stack([dataset[i][0] for i in range(2)])  # (2, 1, S)
         return clips, tuple(clips.shape[1:]), True
+    if tokenizer.modality == "video":
+        from mmar.data.moving_shapes import MovingShapesDataset
+
+        dataset = MovingShapesDataset(2, size=32, num_frames=5, seed=0)
+        clips = torch.stack([dataset[i][0] for i in range(2)])  # (2, 5, 3, 32, 32)
+        return clips, tuple(clips.shape[1:]), True
     pytest.fail(f"no sample data for modality {tokenizer.modality!r}: add it to sample_data()")
 
 
-@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+@pytest.mark.parametrize("name", sorted(TOKENIZERS) + sorted(VARIANTS))
 def test_tokenizer_contract(name, tmp_path):
-    tokenizer = build(name)
-    assert type(tokenizer).registry_name() == name, "registry key must equal the file stem"
+    registry_name, overrides = VARIANTS.get(name, (name, None))
+    tokenizer = build(registry_name, overrides)
+    assert type(tokenizer).registry_name() == registry_name, "registry key must equal the file stem"
     assert isinstance(tokenizer.modality, str) and tokenizer.modality
     assert tokenizer.codebook_size >= 0 and tokenizer.num_codebooks >= 0 and tokenizer.latent_channels >= 0
     data, data_shape, batched = sample_data(tokenizer)

@@ -10,6 +10,7 @@ from tokenizers_vq.image_kl import ImageKL
 from tokenizers_vq.image_vq import ImageVQ
 from tokenizers_vq.multiscale_vq import MultiscaleVQ
 from tokenizers_vq.text import Text
+from tokenizers_vq.video_vq import VideoVQ
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {
     "audio_codec": AudioCodec,
@@ -17,6 +18,7 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
     "image_vq": ImageVQ,
     "multiscale_vq": MultiscaleVQ,
     "text": Text,
+    "video_vq": VideoVQ,
 }
 
 __all__ = ["TOKENIZERS", "Tokenizer", "TokenizerLoss", "load_tokenizer"]

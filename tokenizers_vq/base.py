@@ -108,6 +108,16 @@ class Tokenizer(nn.Module):
         return cls.__module__.rsplit(".", 1)[-1]
 
     @classmethod
+    def data_settings(cls, data_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Config fields that follow from the training data's item shape, e.g. (3, 32, 32) -> {"image_size": 32}.
+
+        Default: a Config field named `image_size` takes the item's last axis (the frame side), and
+        nothing else; a tokenizer whose config must match its data in another way overrides this.
+        """
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        return {"image_size": int(data_shape[-1])} if "image_size" in fields else {}
+
+    @classmethod
     def from_config_dict(cls, values: dict[str, Any]) -> "Tokenizer":
         """Build from a config dict (JSON types): unknown keys and values of the wrong type are errors."""
         values = {k: v for k, v in values.items() if k != "class"}

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from mmar import patterns
 from mmar.config import save_json, validate
-from mmar.data import DATA_SOURCES, make_source, source_data_shape
+from mmar.data import DATA_SOURCES, PROCEDURAL_SOURCES, make_source, source_data_shape
 from mmar.data.tokenized import TokenizedDataset, encode_dataset, stale_reason, tokens_identity
 from mmar.images import captioned_grid, save_atomic
 from mmar.lock import folder_lock
@@ -96,7 +96,9 @@ def single_run(out: str, tokenizer: str, head: str, overrides: list[str] = ()) -
     run_fields = {f.name for f in dataclasses.fields(ModalityRun)}
     rewritten = [f"modalities.{name}.{item}" if item.split("=", 1)[0].split(".")[0].strip() in run_fields else item
                  for item in overrides]
-    return ARTrainConfig(out=out, modalities={name: ModalityRun(tokenizer=tokenizer, head=head)}), rewritten
+    # The medium's built-in procedural source is the default (`--set data.source=...` picks another).
+    data = DataConfig(source=PROCEDURAL_SOURCES.get(name, DataConfig.source))
+    return ARTrainConfig(out=out, modalities={name: ModalityRun(tokenizer=tokenizer, head=head, data=data)}), rewritten
 
 
 def tokenizer_medium(directory: str) -> str:

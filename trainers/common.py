@@ -153,6 +153,8 @@ class DataConfig:
     num_items: int = 20_000  # procedural sources; real sources are capped to this
     seed: int = 0
     path: str | None = None  # the folder source's root
+    num_frames: int = 9  # video sources: frames per clip (1 + 4k for the causal video tokenizer)
+    frame_stride: int = 1  # video folders: keep every frame_stride-th frame of a file, from its first
     # audio sources (notes, audio_folder): clip length and rate; clips are cut or padded to
     # round(seconds * sample_rate) samples, which the audio codec needs to be a multiple of its hop (320)
     seconds: float = 1.0

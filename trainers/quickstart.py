@@ -4,7 +4,12 @@ Recipe "single": one image tokenizer and one head (`--head`). Recipe "joint": th
 tokenizers and one backbone trained on all three heads at once, with captioning mixed in; the
 report then has prompt-following per head and caption accuracy. Recipe "audio": the RVQ codec on
 procedural notes and one backbone over its levels (`pattern` delay or flat); WAV samples and a
-captioned spectrogram sheet, prompt-following by the notes checker (pitch, rhythm).
+captioned spectrogram sheet, prompt-following by the notes checker (pitch, rhythm). Recipe "joint_video": the joint
+recipe plus a next-token video run, so ONE model makes images and clips. Recipe "video": the causal video
+tokenizer and one head (`--head next_token` or `flow_matching`) on moving-shape clips; the sample
+sheet is an animated GIF grid with captions (`samples.gif`) plus a PNG strip of every sample's
+frames (`samples/000.png`, ...), and the report adds the tokenizer's PSNR per frame position on
+held-out 9-frame clips.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from mmar.images import captioned_grid, save_atomic
 from mmar.pipeline import Pipeline
 from trainers.ar import train_ar
 from trainers.plots import plot_curves
-from trainers.recipes import (HEAD_TOKENIZER, JOINT_RUNS, RECIPES, audio_ar, audio_tokenizer, joint_ar,
-                              quickstart_ar, quickstart_tokenizer, tiny_ar, tiny_audio_ar, tiny_audio_tokenizer,
-                              tiny_joint, tiny_tokenizer)
+from trainers.recipes import (HEAD_TOKENIZER, JOINT_RUNS, JOINT_VIDEO_RUNS, RECIPES, audio_ar, audio_tokenizer,
+                              joint_ar, joint_video_ar, quickstart_ar, quickstart_tokenizer, tiny_ar, tiny_audio_ar,
+                              tiny_audio_tokenizer, tiny_joint, tiny_joint_video, tiny_tokenizer, tiny_video_ar,
+                              tiny_video_tokenizer, video_ar, video_tokenizer)
 from trainers.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -34,6 +40,14 @@ GRID_PROMPTS = [f"a {c} {s} at the {p}" for c, s, p in [
     ("green", "circle", "bottom right"), ("blue", "square", "top left"), ("yellow", "triangle", "top right"),
     ("magenta", "circle", "bottom left"), ("cyan", "square", "bottom right"), ("white", "triangle", "center"),
     ("orange", "circle", "top left"),
+]]
+#: the video recipe's sample sheet: every colour, shape and direction
+VIDEO_PROMPTS = [f"a {c} {s} moving {d}" for c, s, d in [
+    ("red", "circle", "left"), ("green", "square", "right"), ("blue", "triangle", "up"), ("yellow", "circle", "down"),
+    ("magenta", "square", "left"), ("cyan", "triangle", "right"), ("white", "circle", "up"),
+    ("orange", "square", "down"), ("red", "triangle", "right"), ("green", "circle", "up"),
+    ("blue", "square", "down"), ("yellow", "triangle", "left"), ("magenta", "circle", "right"),
+    ("cyan", "square", "up"), ("white", "triangle", "down"), ("orange", "circle", "left"),
 ]]
 
 
@@ -67,45 +81,68 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
     out = Path(out)
     started = time.perf_counter()
     tokenizer_overrides, ar_overrides = _split_overrides(list(overrides))
-    heads = {"image": head} if recipe == "single" else dict(JOINT_RUNS)
+    heads = {"single": {"image": head}, "video": {"video": head}, "joint": dict(JOINT_RUNS),
+             "joint_video": dict(JOINT_VIDEO_RUNS)}[recipe]
+    joint = recipe.startswith("joint")
     tokenizer_dirs, tokenizer_reports, curves = {}, {}, {}
     for name, run_head in heads.items():
-        run_dir = out / ("tokenizer_run" if recipe == "single" else f"tokenizer_{name}")
-        config = (tiny_tokenizer if tiny else quickstart_tokenizer)(run_head, str(run_dir))
-        tokenizer_dirs[name] = str(train_tokenizer(apply_overrides(config, tokenizer_overrides)))
+        run_dir = out / (f"tokenizer_{name}" if joint else "tokenizer_run")
+        if name == "video":
+            config = (tiny_video_tokenizer if tiny else video_tokenizer)(run_head, str(run_dir))
+        else:
+            config = (tiny_tokenizer if tiny else quickstart_tokenizer)(run_head, str(run_dir))
+        config = apply_overrides(config, tokenizer_overrides)
+        tokenizer_dirs[name] = str(train_tokenizer(config))
         tokenizer_reports[name] = json.loads((run_dir / "report.json").read_text())
-        curves[f"tokenizer ({HEAD_TOKENIZER[run_head]})"] = run_dir / "metrics.jsonl"
+        curves[f"tokenizer ({config.tokenizer})"] = run_dir / "metrics.jsonl"
     tokenizer_seconds = time.perf_counter() - started
     if recipe == "single":
         ar_config = (tiny_ar if tiny else quickstart_ar)(head, str(out / "ar_run"), tokenizer_dirs["image"])
-    else:
+    elif recipe == "video":
+        ar_config = (tiny_video_ar if tiny else video_ar)(head, str(out / "ar_run"), tokenizer_dirs["video"])
+    elif recipe == "joint":
         ar_config = (tiny_joint if tiny else joint_ar)(str(out / "ar_run"), tokenizer_dirs)
-    pipeline_dir = train_ar(apply_overrides(ar_config, ar_overrides))
+    else:
+        ar_config = (tiny_joint_video if tiny else joint_video_ar)(str(out / "ar_run"), tokenizer_dirs)
+    ar_config = apply_overrides(ar_config, ar_overrides)
+    if "video" in heads:  # the tokenizer trained on shorter clips: report it on the model's own clip length
+        tokenizer_reports["video"] = clip_reconstruction(tokenizer_dirs["video"], ar_config.modalities["video"].data)
+        run_dir = out / ("tokenizer_video" if joint else "tokenizer_run")
+        (run_dir / "report_clips.json").write_text(json.dumps(tokenizer_reports["video"], indent=2) + "\n")
+    pipeline_dir = train_ar(ar_config)
     ar_seconds = time.perf_counter() - started - tokenizer_seconds
     curves[f"AR ({'+'.join(heads.values())})"] = out / "ar_run" / "metrics.jsonl"
 
     final = out / "pipeline"
     pipeline = Pipeline.from_pretrained(pipeline_dir)
     pipeline.save_pretrained(final)
-    prompts = GRID_PROMPTS[:4] if tiny else GRID_PROMPTS
-    pictures, captions = [], []
-    for name in pipeline.modalities:
-        pictures += pipeline(prompts, modality=name, guidance_scale=guidance_scale, seed=0)
-        captions += [p if recipe == "single" else f"{pipeline.head_of(name)}: {p}" for p in prompts]
-    save_atomic(captioned_grid(pictures, captions, columns=8), out / "samples.png")
+    images = [name for name in pipeline.modalities if pipeline.spec(name).medium == "image"]
+    if images:
+        prompts = GRID_PROMPTS[:4] if tiny else GRID_PROMPTS
+        pictures, captions = [], []
+        for name in images:
+            pictures += pipeline(prompts, modality=name, guidance_scale=guidance_scale, seed=0)
+            captions += [f"{pipeline.head_of(name)}: {p}" if joint else p for p in prompts]
+        save_atomic(captioned_grid(pictures, captions, columns=8), out / "samples.png")
+    if "video" in pipeline.modalities:
+        write_video_samples(pipeline, VIDEO_PROMPTS[:4] if tiny else VIDEO_PROMPTS, out, guidance_scale)
     plot_curves(curves, out / "curves.png")
     scores = {name: evaluate(pipeline, name, num_prompts, per_prompt, guidance_scale=guidance_scale)
               for name in pipeline.modalities}
+    first = next(iter(heads))
     report = {
         "recipe": recipe,
         "heads": {name: pipeline.head_of(name) for name in pipeline.modalities},
-        "prompt_following": scores["image"] if recipe == "single" else scores,
-        "tokenizer": tokenizer_reports["image"] if recipe == "single" else tokenizer_reports,
+        "prompt_following": scores if joint else scores[first],
+        "tokenizer": tokenizer_reports if joint else tokenizer_reports[first],
         "sampling": {"guidance_scale": guidance_scale, "seed": 0},
     }
-    title = f"mmar quickstart ({head})" if recipe == "single" else "mmar quickstart (joint)"
-    markdown = "\n".join(report_markdown(s, f"{title}: {name} ({pipeline.head_of(name)})") for name, s in scores.items())
-    if recipe == "joint":
+    title = {"single": f"mmar quickstart ({head})", "video": f"mmar quickstart (video, {head})",
+             "joint": "mmar quickstart (joint)", "joint_video": "mmar quickstart (joint, with video)"}[recipe]
+    markdown = "\n".join(report_markdown(s, f"{title}: {name} ({pipeline.head_of(name)})",
+                                         "clips" if pipeline.spec(name).medium == "video" else "images")
+                         for name, s in scores.items())
+    if joint:
         report["captions"] = evaluate_captions(pipeline, num_items=num_prompts, per_item=per_prompt)
         markdown += "\n" + report_markdown(report["captions"], f"{title}: caption accuracy "
                                            f"({pipeline.caption_modality()}, first caption greedy, then sampled)")
@@ -183,3 +220,28 @@ def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: l
                  f"(set-up excluded)\n")
     (out / "report.md").write_text(markdown)
     return report
+
+
+def clip_reconstruction(tokenizer_dir: str, data, num_clips: int = 128) -> dict:
+    """The video tokenizer's report (PSNR overall and per frame position) on held-out clips shaped like `data`."""
+    import dataclasses
+
+    import torch
+
+    from mmar.data import make_source
+    from mmar.evaluation.reconstruction import reconstruction_metrics
+    from tokenizers_vq import load_tokenizer
+
+    held_out = make_source(**{**dataclasses.asdict(data), "num_items": num_clips, "seed": 10_000})  # unseen seed
+    clips = torch.stack([held_out[i][0] for i in range(len(held_out))])  # (N, F, 3, H, W)
+    return reconstruction_metrics(load_tokenizer(tokenizer_dir), clips)
+
+
+def write_video_samples(pipeline: Pipeline, prompts: list[str], out: Path, guidance_scale: float) -> None:
+    """`samples.gif`: the prompts' clips playing side by side, captioned; `samples/NNN.png`: each one's frames."""
+    from mmar.media import preview_video, save_media, video_grid
+
+    clips = pipeline(prompts, modality="video", guidance_scale=guidance_scale, seed=0)
+    save_media("video", video_grid(clips, prompts, columns=8), out / "samples.gif", fps=4)
+    for index, clip in enumerate(clips):
+        save_atomic(preview_video(clip, num_frames=len(clip)), out / "samples" / f"{index:03d}.png")

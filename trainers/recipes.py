@@ -3,9 +3,11 @@
 The quickstart recipes are sized for a 2-core CPU, on the procedural shapes at 32x32 with an 8x8
 latent grid: measured, a tokenizer in 1.5-2.5 minutes and the AR model in 4 (next_token), 7
 (next_scale) or 9 (flow_matching) minutes. The joint recipe trains the three image tokenizers and
-ONE backbone over all three heads at once, with captioning mixed in. The audio recipe trains the
-RVQ codec on procedural notes (1 s clips) and the backbone on its 4 levels in the delay (default)
-or flat pattern.
+ONE backbone over all three heads at once, with captioning mixed in. The video recipe trains the
+causal video tokenizer and one head on moving-shape clips: 9 frames of 32x32, a (3, 8, 8) grid of
+192 tokens per clip (the tokenizer itself trains on 5-frame clips, half the cost: its causal
+convolutions are the same for any 1 + 4k frames). The audio recipe trains the RVQ codec on
+procedural notes (1 s clips) and the backbone on its 4 levels in the delay (default) or flat pattern.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ HEAD_TOKENIZER = {"next_token": "image_vq", "next_scale": "multiscale_vq", "flow
 JOINT_RUNS = {"image_token": "next_token", "image_scale": "next_scale", "image_flow": "flow_matching"}
 #: the joint run that also learns to caption (the other two only generate)
 JOINT_CAPTIONER = "image_token"
-RECIPES = ("single", "joint", "audio", "speech")
+#: the joint recipe with video: the image runs plus a next-token video run ("video" trains the video tokenizer)
+JOINT_VIDEO_RUNS = {**JOINT_RUNS, "video": "next_token"}
+RECIPES = ("single", "joint", "video", "joint_video", "audio", "speech")
+#: the video tokenizer's bottleneck for each head it serves
+VIDEO_BOTTLENECK = {"next_token": "fsq", "flow_matching": "kl"}
+#: the video recipe's clips: frames per clip for the model (and the report); the tokenizer trains on fewer
+VIDEO_FRAMES, VIDEO_TOKENIZER_FRAMES = 9, 5
 #: the audio recipe's clips: procedural notes, 1 s at 16 kHz (50 codec frames of 4 levels)
 AUDIO_SECONDS = 1.0
 
@@ -71,6 +79,68 @@ def joint_ar(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
         optim=OptimConfig(steps=1500, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_beta=0.995),
         run=RunConfig(log_every=10, sample_every=750, checkpoint_every=500),
     )
+
+
+def video_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
+    """The causal video tokenizer (FSQ codes for next_token, KL latents for flow_matching) on moving shapes."""
+    if head not in VIDEO_BOTTLENECK:
+        raise ValueError(f"the video recipe has heads {sorted(VIDEO_BOTTLENECK)}, not {head!r}")
+    return TokenizerTrainConfig(
+        out=out,
+        tokenizer="video_vq",
+        tokenizer_config={"bottleneck": VIDEO_BOTTLENECK[head], "fsq_levels": (8, 5, 5)},
+        data=DataConfig(source="moving_shapes", size=32, num_frames=VIDEO_TOKENIZER_FRAMES, num_items=8_000, seed=0),
+        optim=OptimConfig(steps=320, batch_size=16, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
+                          beta2=0.99, ema_beta=0.99),
+        run=RunConfig(log_every=10, sample_every=0, checkpoint_every=160),
+        eval_items=128,
+    )
+
+
+def video_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
+    data = DataConfig(source="moving_shapes", size=32, num_frames=VIDEO_FRAMES, num_items=4_000, seed=0)
+    return ARTrainConfig(
+        out=out,
+        modalities={"video": ModalityRun(tokenizer=tokenizer, data=data, head=head)},
+        model=_backbone(),  # max_len 256 holds <bos>, a 30-byte prompt, <m>, 192 tokens and </m>
+        optim=OptimConfig(steps=500, batch_size=32, learning_rate=2e-3, warmup_steps=50, ema_beta=0.995),
+        run=RunConfig(log_every=10, sample_every=0, checkpoint_every=250),
+    )
+
+
+def tiny_video_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
+    config = video_tokenizer(head, out)
+    config.tokenizer_config.update(base_channels=8, channel_multipliers=(1, 1, 2))
+    config.data = DataConfig(source="moving_shapes", size=16, num_frames=5, num_items=64)
+    config.optim = OptimConfig(steps=2, batch_size=8, warmup_steps=1)
+    config.run = RunConfig(log_every=1, sample_every=0, checkpoint_every=2, progress=False)
+    config.eval_items = 8
+    return config
+
+
+def tiny_video_ar(head: str, out: str, tokenizer: str) -> ARTrainConfig:
+    config = _tiny(video_ar(head, out, tokenizer))
+    config.modalities["video"].data = DataConfig(source="moving_shapes", size=16, num_frames=5, num_items=64)
+    config.modalities["video"].sample_prompts = ("a red circle moving left", "a green square moving up")
+    return config
+
+
+def joint_video_ar(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
+    """The joint recipe plus a next-token video run on moving shapes: one backbone makes images and clips.
+
+    Four runs share the draws, so 2,000 steps give each about as many samples as the joint recipe's
+    1,500 steps give each of its three."""
+    config = joint_ar(out, tokenizers)
+    config.modalities["video"] = video_ar("next_token", out, tokenizers["video"]).modalities["video"]
+    config.optim.steps = 2000
+    return config
+
+
+def tiny_joint_video(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
+    config = _tiny(joint_video_ar(out, tokenizers))
+    config.modalities["video"].data = DataConfig(source="moving_shapes", size=16, num_frames=5, num_items=64)
+    config.modalities["video"].sample_prompts = ("a red circle moving left", "a green square moving up")
+    return config
 
 
 def tiny_tokenizer(head: str, out: str) -> TokenizerTrainConfig:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmar.config import from_dict, save_json, validate
-from mmar.data import make_source
+from mmar.data import make_source, source_class, source_data_shape
 from mmar.evaluation.reconstruction import reconstruction_metrics, reconstruction_grid
 from mmar.images import save_atomic
 from mmar.lock import folder_lock
@@ -56,13 +56,17 @@ class TokenizerTrainConfig:
 
 
 def tokenizer_config(config: TokenizerTrainConfig) -> Any:
-    """The tokenizer's own Config, type-checked and validated. Settings the data fixes (image side, audio
-    rate) reach the tokenizer fields of the same meaning, unless tokenizer_config sets them."""
+    """The tokenizer's own Config, type-checked and validated. What the data fixes comes first (an image
+    tokenizer's image_size from the item shape, an audio codec's sample_rate), then tokenizer_config."""
     cls = TOKENIZERS[config.tokenizer]
-    from_data = {"image_size": config.data.size, "sample_rate": config.data.sample_rate}
-    fields = cls.Config.__dataclass_fields__
-    values = {**{k: v for k, v in from_data.items() if k in fields}, **config.tokenizer_config}
-    return validate(from_dict(cls.Config, values))
+    source_modality = source_class(config.data.source).modality
+    if source_modality != cls.modality:
+        raise ValueError(f"the {config.data.source!r} source yields {source_modality}, the {config.tokenizer} "
+                         f"tokenizer reads {cls.modality}: pick a {cls.modality} source (--set data.source=...)")
+    from_data = cls.data_settings(source_data_shape(**dataclasses.asdict(config.data)))
+    if "sample_rate" in cls.Config.__dataclass_fields__:
+        from_data["sample_rate"] = config.data.sample_rate
+    return validate(from_dict(cls.Config, {**from_data, **config.tokenizer_config}))
 
 
 def build_tokenizer(config: TokenizerTrainConfig):

@@ -1,11 +1,13 @@
-"""Data sources: each yields (media, caption str); images are (3, H, W) float in [-1, 1], audio (1, S).
+"""Data sources: each yields (media, caption str); images are (3, H, W) float in [-1, 1], video clips
+(F, 3, H, W) float in [-1, 1] (frames first, as `mmar.media` writes them), audio (1, S).
 
 `DATA_SOURCES` maps a name to its dataset class; each class declares its `modality` (the medium it
-yields, checked against the tokenizer's), a `build` classmethod and a `data_shape` classmethod; `make_source` builds one from
-the few settings a config carries. A new source is one file and one line here. Procedural shapes
-and notes need nothing; "speech" needs the Debian package `espeak-ng`; Fashion-MNIST needs
-`dataset-fashion-mnist`; "folder" and "audio_folder" read a user's folder in the HuggingFace
-convention.
+yields, checked against the tokenizer's), a `build` classmethod and a `data_shape` classmethod;
+`make_source` builds one from the few settings a config carries. A new source is one file and one
+line here. Procedural shapes (images), moving shapes (clips) and notes (audio) need nothing;
+"speech" needs the Debian package `espeak-ng`; Fashion-MNIST needs `dataset-fashion-mnist`;
+"folder" (images), "video_folder" (clips) and "audio_folder" read a user's folder in the
+HuggingFace convention.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import torch
 from mmar.data.audio_folder import AudioFolder
 from mmar.data.fashion_mnist import FashionMNIST
 from mmar.data.folder import ImageFolder
+from mmar.data.moving_shapes import MovingShapesDataset
 from mmar.data.notes import NotesDataset
 from mmar.data.shapes import ShapesDataset
 from mmar.data.speech import SpeechDataset
+from mmar.data.video_folder import VideoFolder
 
 DATA_SOURCES: dict[str, type[torch.utils.data.Dataset]] = {
     "shapes": ShapesDataset,
@@ -26,7 +30,12 @@ DATA_SOURCES: dict[str, type[torch.utils.data.Dataset]] = {
     "notes": NotesDataset,
     "audio_folder": AudioFolder,
     "speech": SpeechDataset,
+    "moving_shapes": MovingShapesDataset,
+    "video_folder": VideoFolder,
 }
+
+#: each medium's built-in procedural source: the default data of a tokenizer or model of that medium
+PROCEDURAL_SOURCES: dict[str, str] = {"image": "shapes", "video": "moving_shapes", "audio": "notes"}
 
 
 def make_source(source: str, *, num_items: int | None, seed: int, path: str | None = None,
@@ -57,5 +66,6 @@ def source_class(source: str) -> type[torch.utils.data.Dataset]:
     return DATA_SOURCES[source]
 
 
-__all__ = ["DATA_SOURCES", "AudioFolder", "FashionMNIST", "ImageFolder", "NotesDataset", "ShapesDataset", "SpeechDataset", "make_source", "source_class",
+__all__ = ["DATA_SOURCES", "PROCEDURAL_SOURCES", "AudioFolder", "FashionMNIST", "ImageFolder", "MovingShapesDataset",
+           "NotesDataset", "ShapesDataset", "SpeechDataset", "VideoFolder", "make_source", "source_class",
            "source_data_shape"]

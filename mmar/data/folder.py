@@ -26,11 +26,16 @@ logger = logging.getLogger(__name__)
 
 METADATA = "metadata.jsonl"
 EXAMPLE_LINE = '{"file_name": "0001.png", "text": "a red circle at the top left"}'
+EXAMPLE_FILES = {"audio": "0001.wav", "video": "0001.mp4"}  # the example line's file, per medium
 
 
 def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     """Open an image, resize its shorter side to `size`, centre-crop -> (3, size, size) float in [-1, 1]."""
-    image = open_image(path)
+    return fit_square(open_image(path), size)
+
+
+def fit_square(image: Image.Image, size: int) -> torch.Tensor:
+    """An RGB PIL image, shorter side resized to `size` (bicubic), centre-cropped -> (3, size, size) in [-1, 1]."""
     width, height = image.size
     scale = size / min(width, height)
     resized = (max(size, round(width * scale)), max(size, round(height * scale)))
@@ -67,10 +72,11 @@ def usable_entries(root: Path, validate, limit: int | None, name: str, medium: s
     Skipped entries are reported in ONE warning line (with the first reason); none usable is a
     ValueError that says what a line must look like."""
     metadata = root / METADATA
+    example = EXAMPLE_LINE.replace("0001.png", EXAMPLE_FILES.get(medium, "0001.png"))
     if not metadata.is_file():
         raise FileNotFoundError(
             f"no {METADATA} in {root}: put the {medium} files in that folder and write one line per "
-            f"file to {METADATA}, like {EXAMPLE_LINE.replace('0001.png', '0001.wav' if medium == 'audio' else '0001.png')}")
+            f"file to {METADATA}, like {example}")
     items, skipped, first_reason = [], 0, None
     with open(metadata, "rb") as lines:  # line by line, so one undecodable line is skipped, not the file
         for number, raw in enumerate(lines, start=1):
@@ -88,7 +94,7 @@ def usable_entries(root: Path, validate, limit: int | None, name: str, medium: s
                        "y" if skipped == 1 else "ies", first_reason)
     if not items:
         raise ValueError(
-            f"no usable ({medium}, caption) pair in {root}: {METADATA} needs lines like {EXAMPLE_LINE} "
+            f"no usable ({medium}, caption) pair in {root}: {METADATA} needs lines like {example} "
             f"naming readable {medium} files in the folder ({skipped} skipped"
             + (f", first: {first_reason})" if first_reason else ")"))
     return items, skipped

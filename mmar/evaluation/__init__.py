@@ -2,8 +2,9 @@
 
 from mmar.evaluation.checkers import CHECKERS, Checker, ShapesChecker, checker_for
 from mmar.evaluation.evaluate import evaluate, evaluate_captions
+from mmar.evaluation.moving_shapes_checker import MovingShapesChecker, describe_clip
 from mmar.evaluation.prompt_following import evaluation_prompts, report_markdown, score
 from mmar.evaluation.shapes_checker import Description, ShapeCheck, check, describe
 
-__all__ = ["CHECKERS", "Checker", "Description", "ShapeCheck", "ShapesChecker", "check", "checker_for", "describe",
-           "evaluate", "evaluate_captions", "evaluation_prompts", "report_markdown", "score"]
+__all__ = ["CHECKERS", "Checker", "Description", "MovingShapesChecker", "ShapeCheck", "ShapesChecker", "check",
+           "checker_for", "describe", "describe_clip", "evaluate", "evaluate_captions", "evaluation_prompts", "report_markdown", "score"]

@@ -16,6 +16,7 @@ import torch
 from mmar.data import notes
 from mmar.data.shapes import ShapesDataset, parse_caption
 from mmar.evaluation import notes_checker
+from mmar.evaluation.moving_shapes_checker import MovingShapesChecker
 from mmar.evaluation.prompt_following import evaluation_prompts, score
 
 
@@ -118,7 +119,7 @@ class NotesChecker:
         return {**{name: value / count for name, value in hits.items()}, "parsed": parsed / count, "count": count}
 
 
-CHECKERS: dict[str, Checker] = {"shapes": ShapesChecker(), "notes": NotesChecker()}
+CHECKERS: dict[str, Checker] = {"shapes": ShapesChecker(), "moving_shapes": MovingShapesChecker(), "notes": NotesChecker()}
 
 
 def checker_for(source: str) -> Checker:

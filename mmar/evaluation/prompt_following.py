@@ -66,14 +66,11 @@ def score(images: Sequence[torch.Tensor | Image.Image | np.ndarray] | torch.Tens
     }
 
 
-def report_markdown(scores: dict, title: str = "Prompt following (shapes)", checked: str | None = None) -> str:
-    """A small markdown table of a `score` result (the shapes attributes, or whatever a checker scored)."""
-    shapes = [n for n in ATTRIBUTES if n in scores]
-    names = shapes or [n for n, v in scores.items() if isinstance(v, float)]
-    if checked is None:
-        checked = "images, checked analytically by `mmar.evaluation.shapes_checker`" if shapes else \
-            "items, checked analytically by their data source's checker (`mmar.evaluation.CHECKERS`)"
+def report_markdown(scores: dict, title: str = "Prompt following (shapes)", unit: str = "images") -> str:
+    """A small markdown table of a `score` result."""
     lines = [f"### {title}", "", "| attribute | accuracy |", "|---|---|"]
+    # The checker's own attributes (shapes: position; moving shapes: direction), "all" last.
+    names = [name for name in scores if isinstance(scores[name], float) and name not in ("all", "parsed")] + ["all"]
     lines += [f"| {name} | {100 * scores[name]:.1f}% |" for name in names]
-    lines += ["", f"{scores['count']} {checked}."]
+    lines += ["", f"{scores['count']} {unit}, checked analytically (`mmar.evaluation`)."]
     return "\n".join(lines) + "\n"

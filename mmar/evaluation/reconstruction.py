@@ -1,5 +1,7 @@
-"""Tokenizer reconstruction quality on held-out items: PSNR and codebook usage for images; SI-SNR,
-mel distance and bitrate at every number of residual levels for audio codecs."""
+"""Tokenizer reconstruction quality on held-out items: PSNR and codebook usage for images and clips
+(clips also per frame position, so a causal video tokenizer's first frame, encoded on its own, can be
+compared with the later frames, compressed in time); SI-SNR, mel distance and bitrate at every
+number of residual levels for audio codecs."""
 
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def reconstruct(tokenizer, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (tokens, reconstructions) for images (N, 3, H, W)."""
+def reconstruct(tokenizer, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (tokens, reconstructions) for images (N, 3, H, W) or clips (N, F, 3, H, W)."""
     tokens, outputs = [], []
     for chunk in images.split(batch_size):
         encoded = tokenizer.encode(chunk)
@@ -57,6 +59,13 @@ def reconstruction_metrics(tokenizer, items: torch.Tensor) -> dict[str, float]:
         report = {**levels[str(tokenizer.num_codebooks)], "levels": levels, "num_clips": len(items)}
     else:
         report = {"psnr": round(psnr(items, reconstructions), 3), "num_images": len(items)}
+    if tokenizer.modality == "video":  # clips (N, F, 3, H, W): PSNR of each frame position over the clips
+        per_frame = [psnr(items[:, k], reconstructions[:, k]) for k in range(items.shape[1])]
+        report["psnr_per_frame"] = [round(value, 3) for value in per_frame]
+        report["psnr_first_frame"] = round(per_frame[0], 3)
+        if len(per_frame) > 1:
+            later = psnr(items[:, 1:].flatten(0, 1), reconstructions[:, 1:].flatten(0, 1))  # frames 1.. as images
+            report["psnr_later_frames"] = round(later, 3)
     if tokenizer.codebook_size:
         used = torch.unique(tokens).numel()
         report["codebook_usage"] = round(used / (tokenizer.codebook_size * max(tokenizer.num_codebooks, 1)), 4)
@@ -71,6 +80,13 @@ def reconstruction_metrics(tokenizer, items: torch.Tensor) -> dict[str, float]:
 def reconstruction_grid(tokenizer, images: torch.Tensor) -> Image.Image:
     """Originals (top row) above their reconstructions (bottom row); audio as spectrogram previews."""
     _, reconstructions = reconstruct(tokenizer.eval(), images)
+    if tokenizer.modality == "video":  # clips: per clip, a row of its frames above a row of their reconstructions
+        pictures, captions = [], []
+        frames = images.shape[1]
+        for clip, again in zip(images[:4], reconstructions[:4]):
+            pictures += [to_pil(x) for x in clip] + [to_pil(x) for x in again]
+            captions += [f"frame {k}" for k in range(frames)] + ["reconstruction"] * frames
+        return captioned_grid(pictures, captions, columns=frames, cell=64)
     if tokenizer.modality == "image":
         pictures = [to_pil(x) for x in images] + [to_pil(x) for x in reconstructions]
     else:

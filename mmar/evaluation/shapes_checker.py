@@ -178,8 +178,11 @@ def features(image: torch.Tensor | Image.Image | np.ndarray) -> Features | None:
 def describe(image: torch.Tensor | Image.Image | np.ndarray) -> Description:
     """Read (color, shape, position) off an image (3, H, W) in [-1, 1] or a PIL image; Nones if empty."""
     measured = features(image)
-    if measured is None:
-        return Description(None, None, None)
+    return Description(None, None, None) if measured is None else classify(measured)
+
+
+def classify(measured: Features) -> Description:
+    """The nearest colour, the shape and the nearest position of measured `Features`."""
     names = list(COLORS)
     palette = np.array([COLORS[name] for name in names], dtype=np.float32)  # (8, 3)
     color = names[int(np.linalg.norm(palette - np.array(measured.rgb), axis=1).argmin())]
