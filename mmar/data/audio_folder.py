@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from mmar.data.folder import metadata_entry, usable_entries
+from mmar.data.media_source import AudioSource
 
 EXTENSIONS = (".wav", ".flac", ".ogg")
 
@@ -47,16 +48,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int, num_samples: int) -> t
     return mono.clamp(-1, 1)[None].contiguous()  # (1, num_samples)
 
 
-class AudioFolder(torch.utils.data.Dataset):
+class AudioFolder(AudioSource):
     """Items: (audio (1, round(seconds * sample_rate)) float in [-1, 1], caption) from `root/metadata.jsonl`.
 
     `limit` keeps the first usable entries only (and decodes only those)."""
 
-    modality = "audio"
-
-    @classmethod
-    def data_shape(cls, *, seconds: float = 1.0, sample_rate: int = 16000, **_: object) -> tuple[int, int]:
-        return (1, round(seconds * sample_rate))
 
     @classmethod
     def build(cls, *, num_items: int | None, seed: int, path: str | None, seconds: float = 1.0,

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmar.data.media_source import ImageSource
+
 PACKAGE = "dataset-fashion-mnist"
 #: where `dpkg -L dataset-fashion-mnist` puts the IDX files; MMAR_FASHION_MNIST_DIR overrides it
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -61,18 +63,13 @@ def read_idx(path: Path, magic: int, limit: int | None = None) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(count, *dims)  # (N, *dims)
 
 
-class FashionMNIST(torch.utils.data.Dataset):
+class FashionMNIST(ImageSource):
     """Items: (image (3, size, size) float in [-1, 1], "a photo of a {class}").
 
     The 28x28 grey images are resized bilinearly (antialiased) and replicated to three channels.
     `limit` keeps the first items only (and reads only those); `root` overrides where the files are.
     """
 
-    modality = "image"
-
-    @classmethod
-    def data_shape(cls, *, size: int, **_: object) -> tuple[int, int, int]:
-        return (3, size, size)
 
     @classmethod
     def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None, **_: object) -> "FashionMNIST":

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmar.data.media_source import ImageSource
 from mmar.images import open_image
 
 logger = logging.getLogger(__name__)
@@ -109,17 +110,12 @@ def _validate(root: Path, line: str) -> tuple[Path, str]:
     return path, text
 
 
-class ImageFolder(torch.utils.data.Dataset):
+class ImageFolder(ImageSource):
     """Items: (image (3, size, size) float in [-1, 1], caption) from `root/metadata.jsonl`.
 
     `limit` keeps the first usable entries only (and validates only those).
     """
 
-    modality = "image"
-
-    @classmethod
-    def data_shape(cls, *, size: int, **_: object) -> tuple[int, int, int]:
-        return (3, size, size)
 
     @classmethod
     def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None, **_: object) -> "ImageFolder":

@@ -17,6 +17,7 @@ import itertools
 
 import torch
 
+from mmar.data.media_source import VideoSource
 from mmar.data.shapes import COLORS, SHAPES, render
 
 DIRECTIONS: dict[str, tuple[float, float]] = {  # unit motion (x, y) in image coordinates (y grows downwards)
@@ -66,14 +67,9 @@ def render_clip(color: str, shape: str, direction: str, *, size: int = 32, num_f
     return torch.stack(frames)  # (F, 3, size, size)
 
 
-class MovingShapesDataset(torch.utils.data.Dataset):
+class MovingShapesDataset(VideoSource):
     """`num_items` captioned clips; item i is drawn from a generator seeded by (seed, i)."""
 
-    modality = "video"
-
-    @classmethod
-    def data_shape(cls, *, size: int, num_frames: int, **_: object) -> tuple[int, int, int, int]:
-        return (num_frames, 3, size, size)
 
     @classmethod
     def build(cls, *, size: int, num_frames: int, num_items: int | None, seed: int, path: str | None,

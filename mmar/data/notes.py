@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from mmar.data.media_source import AudioSource
+
 TIMBRES = ("sine", "square", "sawtooth", "pluck")
 #: natural notes of the fourth octave -> MIDI note number
 NOTES: dict[str, int] = {"C4": 60, "D4": 62, "E4": 64, "F4": 65, "G4": 67, "A4": 69, "B4": 71}
@@ -107,14 +109,9 @@ def render(timbre: str, note: str, rhythm: str, *, seconds: float = 1.0, sample_
     return audio.clamp(-1, 1)[None]  # (1, S)
 
 
-class NotesDataset(torch.utils.data.Dataset):
+class NotesDataset(AudioSource):
     """`num_items` captioned clips; item i is drawn from a generator seeded by (seed, i)."""
 
-    modality = "audio"
-
-    @classmethod
-    def data_shape(cls, *, seconds: float = 1.0, sample_rate: int = 16000, **_: object) -> tuple[int, int]:
-        return (1, round(seconds * sample_rate))
 
     @classmethod
     def build(cls, *, num_items: int | None, seed: int, path: str | None, seconds: float = 1.0,

@@ -12,6 +12,8 @@ import itertools
 
 import torch
 
+from mmar.data.media_source import ImageSource
+
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0),
     "green": (0.0, 1.0, 0.0),
@@ -84,14 +86,9 @@ def render(color: str, shape: str, position: str, size: int = 32, *, extent: flo
     return image * 2 - 1
 
 
-class ShapesDataset(torch.utils.data.Dataset):
+class ShapesDataset(ImageSource):
     """`num_items` captioned shapes; item i is drawn from a generator seeded by (seed, i)."""
 
-    modality = "image"
-
-    @classmethod
-    def data_shape(cls, *, size: int, **_: object) -> tuple[int, int, int]:
-        return (3, size, size)
 
     @classmethod
     def build(cls, *, size: int, num_items: int | None, seed: int, path: str | None, **_: object) -> "ShapesDataset":

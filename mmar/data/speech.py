@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from mmar.data.audio_folder import load_audio
+from mmar.data.media_source import AudioSource
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029")
@@ -53,14 +54,9 @@ def speak(text: str, voice: str, speed: int, pitch: int, *, seconds: float = 1.0
         return load_audio(path, sample_rate, round(seconds * sample_rate))  # (1, S)
 
 
-class SpeechDataset(torch.utils.data.Dataset):
+class SpeechDataset(AudioSource):
     """`num_items` spoken words (1, S) with their text as the caption; `words` / `voices` narrow the draw."""
 
-    modality = "audio"
-
-    @classmethod
-    def data_shape(cls, *, seconds: float = 1.0, sample_rate: int = 16000, **_: object) -> tuple[int, int]:
-        return (1, round(seconds * sample_rate))
 
     @classmethod
     def build(cls, *, num_items: int | None, seed: int, path: str | None, seconds: float = 1.0,

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from mmar.data.folder import fit_square, metadata_entry, usable_entries
+from mmar.data.media_source import VideoSource
 from mmar.images import MAX_PIXELS
 
 
@@ -53,17 +54,12 @@ def load_clip(path: str | os.PathLike, size: int, num_frames: int, frame_stride:
     return torch.stack(frames)  # (F, 3, size, size)
 
 
-class VideoFolder(torch.utils.data.Dataset):
+class VideoFolder(VideoSource):
     """Items: (clip (F, 3, size, size) float in [-1, 1], caption) from `root/metadata.jsonl`.
 
     `limit` keeps the first usable entries only (and decodes only those).
     """
 
-    modality = "video"
-
-    @classmethod
-    def data_shape(cls, *, size: int, num_frames: int, **_: object) -> tuple[int, int, int, int]:
-        return (num_frames, 3, size, size)
 
     @classmethod
     def build(cls, *, size: int, num_frames: int, frame_stride: int = 1, num_items: int | None, seed: int,
