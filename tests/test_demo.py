@@ -48,11 +48,26 @@ def small_pipeline(heads: dict[str, str]) -> Pipeline:
     return Pipeline(model, {"text": text, **tokenizers}, {name: "shapes" for name in heads})
 
 
+def media_pipeline() -> Pipeline:
+    """Random weights, small real tokenizers: a clip (video_vq, 5 frames of 16x16) and a sound (audio_codec, 0.5 s)."""
+    torch.manual_seed(0)
+    video = TOKENIZERS["video_vq"](TOKENIZERS["video_vq"].Config(base_channels=8, channel_multipliers=(1, 1, 2))).eval()
+    audio = TOKENIZERS["audio_codec"](TOKENIZERS["audio_codec"].Config(
+        base_channels=4, max_channels=16, dilations=(1,), latent_dim=8, codebook_size=16)).eval()
+    specs = [modality_spec("video", video, (5, 3, 16, 16)), modality_spec("audio", audio, (1, 8000), "delay")]
+    backbone = TransformerConfig(dim=32, num_layers=1, num_heads=4, num_kv_heads=2, max_len=256)
+    routing = {"text": HeadChoice(), "video": HeadChoice("next_token"), "audio": HeadChoice("next_token")}
+    model = MMAR(MMARConfig(backbone, specs, routing)).eval()
+    text = TOKENIZERS["text"](TOKENIZERS["text"].Config())
+    return Pipeline(model, {"text": text, "video": video, "audio": audio}, {"video": "moving_shapes", "audio": "notes"})
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo_runs")
     for head in HEAD_TOKENIZER:
         small_pipeline({"image": head}).save_pretrained(root / head / "pipeline")
+    media_pipeline().save_pretrained(root / "media" / "pipeline")
     small_pipeline({"image_token": "next_token", "image_scale": "next_scale", "image_flow": "flow_matching"}
                    ).save_pretrained(root / "joint" / "pipeline")
     shutil.copytree(root / "next_token" / "pipeline", root / "next_token" / "ar_run" / "pipeline")  # same weights
@@ -99,7 +114,8 @@ def test_import_mmar_never_imports_gradio():
 
 def test_every_pipeline_is_found_once_and_a_broken_one_is_listed(runs, demo):
     assert [p.relative_to(runs).as_posix() for p in find_pipelines(runs)] == [
-        "broken/pipeline", "flow_matching/pipeline", "joint/pipeline", "next_scale/pipeline", "next_token/pipeline"]
+        "broken/pipeline", "flow_matching/pipeline", "joint/pipeline", "media/pipeline", "next_scale/pipeline",
+        "next_token/pipeline"]
     broken = [e for e in demo.entries if e.pipeline is None]
     assert [e.label for e in broken] == ["broken/pipeline"] and "not valid JSON" in broken[0].error
     assert find_pipelines(runs / "joint" / "pipeline") == [runs / "joint" / "pipeline"]
@@ -111,7 +127,9 @@ def test_the_app_has_a_tab_per_modality_and_head_controls_per_head(demo):
         if entry.pipeline is None:
             continue
         i = entry_index(demo, entry.label)
-        expected = {f"generate_{i}_{m}" for m in entry.pipeline.modalities} | {f"caption_{i}"}
+        expected = {f"generate_{i}_{m}" for m in entry.pipeline.modalities}
+        if any(entry.pipeline.spec(m).medium == "image" for m in entry.pipeline.modalities):
+            expected.add(f"caption_{i}")
         if len(entry.pipeline.modalities) > 1:
             expected.add(f"generate_{i}_any")
         assert expected == {name for name in apis if name.endswith(f"_{i}") or f"_{i}_" in name}, entry.label
@@ -127,6 +145,23 @@ def test_the_app_has_a_tab_per_modality_and_head_controls_per_head(demo):
     config = json.dumps(demo.blocks.get_config_file())
     assert "let the model choose" in config
     assert "example prompts" in config  # from the shapes grammar (CHECKERS["shapes"].prompts)
+
+
+def test_video_and_audio_appear_and_make_files_that_open(demo):
+    """Video and audio came after the demo: they get their tabs, controls and files with no demo change."""
+    import av
+    import soundfile
+
+    i = entry_index(demo, "media/pipeline")
+    *_, files, info, command, seed = call(demo, f"generate_{i}_video", "a red circle moving left")
+    assert [Path(f).suffix for f in files] == [".mp4"] and "--modality video" in command
+    with av.open(files[0]) as container:
+        frames = [frame for frame in container.decode(video=0)]
+    assert len(frames) == 5 and (frames[0].width, frames[0].height) == (16, 16)
+    *_, files, info, command, seed = call(demo, f"generate_{i}_audio", "a sine playing C4 once")
+    assert [Path(f).suffix for f in files] == [".wav"] and "--modality audio" in command
+    audio, rate = soundfile.read(files[0])
+    assert rate == 16000 and audio.shape[0] == 8000
 
 
 def test_no_pipeline_shows_the_quickstart_command(tmp_path):
