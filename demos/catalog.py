@@ -48,8 +48,8 @@ def find_pipelines(root: str | Path) -> list[Path]:
     for folder in found:
         try:
             weights = json.dumps(json.loads((folder / "pipeline.json").read_text()).get("sha256"), sort_keys=True)
-        except (OSError, ValueError):
-            weights = str(folder)  # unreadable: offered, and its load error shown
+        except (OSError, ValueError, AttributeError):  # unreadable or not an object: offered, its load error shown
+            weights = str(folder)
         if weights not in seen:
             seen.add(weights)
             unique.append(folder)
