@@ -39,14 +39,18 @@ class AudioCodecConfig:
     latent_dim: int = 32  # D of the vector each frame is quantised from
     num_codebooks: int = 4  # residual VQ levels Q
     codebook_size: int = 256  # codes per level
-    ema_decay: float = 0.99
+    # The codebooks must keep up with an encoder trained at lr 2e-3: at decay 0.99 and 20-step restarts
+    # every level collapsed to ~1 code the encoder had moved away from, and the decoder saw a constant.
+    ema_decay: float = 0.9
     commitment_weight: float = 0.25
-    dead_code_steps: int = 20  # restart a code unused for this many steps; 0 = never
+    dead_code_steps: int = 5  # restart a code unused for this many steps; 0 = never
     quantizer_dropout: float = 0.5  # share of training items that use only their first 1..Q-1 levels
     activation: str = "snake"  # "snake" (periodic, DAC) | "elu" (SoundStream / EnCodec)
-    waveform_weight: float = 0.1  # L1 on samples (small: early on it pulls an unsure decoder towards silence)
-    stft_weight: float = 1.0  # multi-resolution STFT loss
-    mel_weight: float = 1.0  # multi-scale log-mel L1
+    # The waveform L1 is the only phase-aware term (SI-SNR needs the phase); the spectral terms, when
+    # they dominate, teach a young decoder silence before pitch (see audio_losses.STFT_FLOOR).
+    waveform_weight: float = 1.0  # L1 on samples
+    stft_weight: float = 0.1  # multi-resolution STFT loss
+    mel_weight: float = 0.1  # multi-scale log-mel L1
 
     def __post_init__(self) -> None:
         if not self.strides or min(self.strides) < 1:

@@ -17,6 +17,13 @@ from functools import lru_cache
 
 import torch
 
+# Floors of the logarithms in the losses (not in `mel_distance`, the metric, which keeps 1e-5).
+# A tiny floor (1e-5) makes the log distance of the many near-silent bins of tonal, gappy audio
+# dominate the loss: an untrained decoder lowers it fastest by going silent, and the codec's output
+# energy collapsed. These floors sit ~55 dB under the loudest bins of a [-1, 1] clip at n_fft 1024.
+STFT_FLOOR = 1e-1  # |STFT| magnitude
+MEL_FLOOR = 1e-2  # mel power
+
 
 @lru_cache(maxsize=16)
 def _mel_filterbank(n_fft: int, num_mels: int, sample_rate: int) -> torch.Tensor:
@@ -34,36 +41,38 @@ def magnitudes(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
     return spectrum.abs()  # (B, F, frames)
 
 
-def log_mel(audio: torch.Tensor, sample_rate: int, n_fft: int = 1024, num_mels: int = 64) -> torch.Tensor:
-    """audio (B, S) -> log10(mel power + 1e-5) (B, M, frames).
+def log_mel(audio: torch.Tensor, sample_rate: int, n_fft: int = 1024, num_mels: int = 64,
+            floor: float = 1e-5) -> torch.Tensor:
+    """audio (B, S) -> log10(mel power + floor) (B, M, frames).
 
     An added floor, not a clamp: a clamp has no gradient below it, and a quiet untrained decoder
     would get no signal from the spectral losses at all."""
     filters = _mel_filterbank(n_fft, num_mels, sample_rate).to(audio.device, audio.dtype)  # (F, M)
     power = magnitudes(audio, n_fft).pow(2)  # (B, F, frames)
     mel = torch.einsum("bft,fm->bmt", power, filters)  # (B, M, frames)
-    return (mel + 1e-5).log10()  # (B, M, frames)
+    return (mel + floor).log10()  # (B, M, frames)
 
 
 def multi_resolution_stft_loss(prediction: torch.Tensor, target: torch.Tensor,
-                               sizes: tuple[int, ...] = (256, 512, 1024)) -> torch.Tensor:
+                               sizes: tuple[int, ...] = (256, 512, 1024), floor: float = STFT_FLOOR) -> torch.Tensor:
     """Mean over FFT sizes of spectral convergence + log-magnitude L1; waveforms (B, S) -> () loss."""
     total = prediction.new_zeros(())  # ()
     for n_fft in sizes:
         predicted, wanted = magnitudes(prediction, n_fft), magnitudes(target, n_fft)  # (B, F, frames) each
         convergence = (wanted - predicted).norm() / wanted.norm().clamp_min(1e-7)  # ()
-        log_distance = ((wanted + 1e-5).log() - (predicted + 1e-5).log()).abs().mean()  # () floored, not clamped
+        log_distance = ((wanted + floor).log() - (predicted + floor).log()).abs().mean()  # () floored, not clamped
         total = total + convergence + log_distance
     return total / len(sizes)
 
 
 def multi_scale_mel_loss(prediction: torch.Tensor, target: torch.Tensor, sample_rate: int,
-                         sizes: tuple[int, ...] = (256, 512, 1024)) -> torch.Tensor:
+                         sizes: tuple[int, ...] = (256, 512, 1024), floor: float = MEL_FLOOR) -> torch.Tensor:
     """Mean over FFT sizes of the log-mel L1 distance; waveforms (B, S) -> () loss."""
     total = prediction.new_zeros(())  # ()
     for n_fft in sizes:
         num_mels = min(64, n_fft // 8)
-        total = total + (log_mel(prediction, sample_rate, n_fft, num_mels) - log_mel(target, sample_rate, n_fft, num_mels)).abs().mean()
+        predicted = log_mel(prediction, sample_rate, n_fft, num_mels, floor)  # (B, M, frames)
+        total = total + (predicted - log_mel(target, sample_rate, n_fft, num_mels, floor)).abs().mean()
     return total / len(sizes)
 
 
