@@ -51,6 +51,28 @@ class CausalConv3d(nn.Module):
         self.conv = nn.Conv3d(in_channels, out_channels, (temporal_kernel, spatial_kernel, spatial_kernel),
                               stride=(time_stride, space_stride, space_stride),
                               padding=(0, spatial_kernel // 2, spatial_kernel // 2))
+        self.inflate_init()
+
+    @torch.no_grad()
+    def inflate_init(self) -> None:
+        """Start as a per-frame 2-D convolution: the 2-D default init on the newest frame's slice, zeros before it
+        (a temporal downsample: the 2-D kernel / kt on every slice, the mean of the frames it merges).
+
+        With PyTorch's default init every one of the kt slices draws an independent kernel, and as
+        Adam moves every slice by about the learning rate, the kt slices that see the same (static
+        or repeated first) frame move kt times as far as a 2-D kernel: on mostly static clips the
+        network trains like a 2-D one at kt times the learning rate and stalls near the mean clip.
+        Inflating a 2-D init (I3D, arXiv:1705.07750; MAGVIT-v2's central/last-frame inflation)
+        starts it as the image tokenizer, which trains fast, and lets the past slices grow from zero.
+        """
+        out_channels, in_channels, kernel_t, kernel_h, kernel_w = self.conv.weight.shape
+        planar = nn.Conv2d(in_channels, out_channels, (kernel_h, kernel_w))  # the 2-D default init
+        self.conv.weight.zero_()
+        if self.conv.stride[0] > 1:  # a temporal downsample averages the frames it merges (none is dropped)
+            self.conv.weight.copy_(planar.weight.unsqueeze(2).expand_as(self.conv.weight) / kernel_t)
+        else:
+            self.conv.weight[:, :, -1] = planar.weight  # (C_out, C_in, kh, kw) on the newest frame
+        self.conv.bias.copy_(planar.bias)  # (C_out,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.time_padding:
