@@ -54,20 +54,18 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
 
 def _dataclass_values(kind: Any) -> type | None:
     """The value class of a `dict[str, SomeDataclass]` annotation, else None."""
-    if typing.get_origin(kind) is dict:
-        args = typing.get_args(kind)
-        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
-            return args[1]
-    return None
+    return _dataclass_argument(kind, dict)
 
 
 def _dataclass_items(kind: Any) -> type | None:
     """The item class of a `list[SomeDataclass]` annotation, else None."""
-    if typing.get_origin(kind) is list:
-        args = typing.get_args(kind)
-        if len(args) == 1 and dataclasses.is_dataclass(args[0]):
-            return args[0]
-    return None
+    return _dataclass_argument(kind, list)
+
+
+def _dataclass_argument(kind: Any, container: type) -> type | None:
+    """The last type argument of `container[..., SomeDataclass]` when it is a dataclass, else None."""
+    args = typing.get_args(kind) if typing.get_origin(kind) is container else ()
+    return args[-1] if args and dataclasses.is_dataclass(args[-1]) else None
 
 
 def _object(value: Any, key: str) -> dict:
