@@ -10,6 +10,11 @@ decoded tensors for other media, which `mmar.media` writes to files); with `moda
 one-modality pipeline uses its modality and a many-modality one lets the text head choose.
 `pipe.caption(images)` returns text from the text head. The head type comes from the saved
 routing, so callers never say which head a pipeline uses.
+
+A pipeline also records, per modality, the data config it was trained on (`data`: `mmar eval`
+rebuilds the held-out split from it) and its sampling defaults (`sampling`: the guidance scale,
+schedule, temperature, top-k and top-p that scored best on held-out prompts after training).
+`pipe(prompt)` uses them for every setting not given; `SAMPLING_DEFAULTS` fills the rest.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from mmar.packing import Segment
 from tokenizers_vq import Tokenizer, load_tokenizer
 
 FORMAT = "mmar-pipeline/1"
+#: the settings a pipeline may store per modality, and what is used when it stores none
+SAMPLING_DEFAULTS = {"guidance_scale": 3.0, "guidance_schedule": "constant", "temperature": 1.0, "top_k": 0,
+                     "top_p": 1.0}
 
 
 @dataclass
@@ -44,8 +52,15 @@ class PipelineManifest:
     components: dict[str, str]  # "model" and each tokenizer's name -> its subfolder
     sha256: dict[str, str]  # file (relative) -> hash
     sources: dict[str, str] = field(default_factory=dict)  # modality -> the data source it was trained on
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> its training data config
+    sampling: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> tuned sampling defaults
 
     def check(self) -> None:
+        for name, settings in self.sampling.items():
+            unknown = sorted(set(settings) - set(SAMPLING_DEFAULTS))
+            if unknown:
+                raise ValueError(f"sampling.{name} has unknown settings {unknown}; known: {sorted(SAMPLING_DEFAULTS)}")
+            SamplingConfig(**{**SAMPLING_DEFAULTS, **settings})  # types and ranges
         if self.format != FORMAT:
             raise ValueError(f"unknown format {self.format!r} (expected {FORMAT}): written by another mmar version?")
         if "model" not in self.components:
@@ -74,12 +89,15 @@ def _to_output(medium: str, item: torch.Tensor) -> Any:
 
 
 class Pipeline:
-    def __init__(self, model: MMAR, tokenizers: dict[str, Tokenizer], sources: dict[str, str] | None = None) -> None:
-        """`sources`: the data source each modality was trained on (picks its checker in `mmar eval`)."""
+    def __init__(self, model: MMAR, tokenizers: dict[str, Tokenizer], sources: dict[str, str] | None = None, *,
+                 data: dict[str, dict] | None = None, sampling: dict[str, dict] | None = None) -> None:
+        """`sources`: the data source each modality was trained on (picks its checker in `mmar eval`);
+        `data`: each modality's training data config; `sampling`: each modality's sampling defaults."""
         missing = sorted(set(model.config.heads) - set(tokenizers))
         if missing:
             raise ValueError(f"the pipeline lacks tokenizers for {missing}")
         self.model, self.tokenizers, self.sources = model, tokenizers, dict(sources or {})
+        self.data, self.sampling = dict(data or {}), dict(sampling or {})
         self.last_modalities: list[str] = []  # which modality each item of the last call is
 
     @property
@@ -109,6 +127,10 @@ class Pipeline:
         if modality not in self.modalities:
             raise ValueError(f"this pipeline has no modality {modality!r}; it has {', '.join(self.modalities)}")
         return modality
+
+    def sampling_defaults(self, modality: str) -> dict[str, Any]:
+        """The settings `pipe(..., modality=modality)` uses when not told: tuned ones, else SAMPLING_DEFAULTS."""
+        return {**SAMPLING_DEFAULTS, **self.sampling.get(self._check(modality), {})}
 
     def save_options(self, modality: str) -> dict[str, Any]:
         """What `mmar.media.save_media` needs to know about this modality's items: the audio sample rate."""
@@ -146,7 +168,7 @@ class Pipeline:
             manifest = PipelineManifest(
                 format=FORMAT, modalities=self.modalities,
                 routing={name: choice.name for name, choice in self.model.config.heads.items()},
-                sources=dict(self.sources),
+                sources=dict(self.sources), data=dict(self.data), sampling=dict(self.sampling),
                 components={"model": "model", **{name: f"tokenizers/{name}" for name in self.tokenizers}},
                 sha256=file_hashes(temporary, files))
             save_json(manifest, temporary / "pipeline.json")
@@ -178,7 +200,7 @@ class Pipeline:
         missing = [name for name in ["text", *model.layout.modalities] if name not in tokenizers]
         if missing:
             raise ValueError(f"{manifest_path}: components lack the tokenizer(s) {missing} the model needs")
-        return cls(model, tokenizers, manifest.sources).to(device)
+        return cls(model, tokenizers, manifest.sources, data=manifest.data, sampling=manifest.sampling).to(device)
 
     # --- generation ---------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str], modality: str | None = None) -> list[torch.Tensor]:
@@ -215,10 +237,12 @@ class Pipeline:
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, modality: str | None = None,
-                 guidance_scale: float = 3.0, guidance_schedule: str = "constant", temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 guidance_scale: float | None = None, guidance_schedule: str | None = None,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                  progress: Callable[[str, int, int], None] | None = None, **head_options) -> list[Any]:
         """Generate `num_images_per_prompt` items for each prompt, prompt-major order.
+
+        A sampling setting left None is the modality's stored default (`sampling_defaults`).
 
         `progress(modality, done, total)` follows each modality's positions or scales as they are drawn.
 
@@ -228,7 +252,9 @@ class Pipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if num_images_per_prompt < 1:
             raise ValueError(f"the number of samples must be at least 1, got {num_images_per_prompt}")
-        config = SamplingConfig(guidance_scale, guidance_schedule, temperature, top_k, top_p, seed, head_options)
+        given = {"guidance_scale": guidance_scale, "guidance_schedule": guidance_schedule, "temperature": temperature,
+                 "top_k": top_k, "top_p": top_p}
+        given = {key: value for key, value in given.items() if value is not None}
         repeated = [p for p in prompts for _ in range(num_images_per_prompt)]
         chosen = [self._check(modality)] * len(repeated) if modality else self.choose(repeated, seed=seed)
         if head_options and any(self.head_of(m) != "flow_matching" for m in set(chosen)):
@@ -238,6 +264,7 @@ class Pipeline:
         for name in dict.fromkeys(chosen):  # each chosen modality once, in first-seen order
             rows = [i for i, m in enumerate(chosen) if m == name]
             step = None if progress is None else lambda done, total, name=name: progress(name, done, total)
+            config = SamplingConfig(**{**self.sampling_defaults(name), **given}, seed=seed, head_options=head_options)
             tokens = self.generate_tokens([repeated[i] for i in rows], config, name, progress=step)
             decoded = self.tokenizers[name].decode(tokens)  # (n, *data_shape)
             for i, item in zip(rows, decoded):

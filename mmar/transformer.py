@@ -35,9 +35,11 @@ class TransformerConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10_000.0
     max_len: int = 512
+    dropout: float = 0.0  # on each block's attention and MLP outputs while training (regularises small data)
 
     LIMITS = {"dim": "[2, 65536]", "num_layers": "[1, 1024]", "num_heads": "[1, 1024]", "num_kv_heads": "[1, 1024]",
-              "mlp_ratio": "(0, 64]", "norm_eps": "(0, 1)", "rope_theta": "(1, inf)", "max_len": "[4, 1048576]"}
+              "mlp_ratio": "(0, 64]", "norm_eps": "(0, 1)", "rope_theta": "(1, inf)", "max_len": "[4, 1048576]",
+              "dropout": "[0, 1)"}
 
     def check(self) -> None:
         if self.dim % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -147,10 +149,11 @@ class Block(nn.Module):
         self.attention = Attention(config)
         self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)  # identity in eval mode and at p = 0
 
     def forward(self, x, cos, sin, slots, mask):
-        x = x + self.attention(self.attention_norm(x), cos, sin, slots, mask)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, slots, mask))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
 def block_mask(query_block: torch.Tensor, key_block: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

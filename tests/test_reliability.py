@@ -299,7 +299,7 @@ def test_sigterm_ends_a_training_run_cleanly(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "mmar.cli", "train-tokenizer", "--out", str(out), "--set", "optim.steps=100000",
                "--set", "run.checkpoint_every=2", "--set", "run.progress=false", "--set", "optim.batch_size=4",
-               "--set", "data.num_items=64", "--set", "eval_items=8", "--set", "tokenizer_config.base_channels=8"]
+               "--set", "data.num_items=64", "--set", "data.validation=8", "--set", "tokenizer_config.base_channels=8"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.time() + 240
     while not list_checkpoints(out / "checkpoints") and time.time() < deadline and process.poll() is None:

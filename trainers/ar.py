@@ -7,7 +7,11 @@ over all of them, then for every step: draw this rank's share of the seeded mixt
 task says (generate: text then the modality; caption: the modality then its text), pack one
 micro-batch per drawn modality (rows pad to their own length), sum each head's loss over micro-batches and divide by the global target count (over
 micro-batches and ranks), weight per head, clip, skip non-finite steps, update EMA, log, sample,
-checkpoint. The pipeline is exported with the EMA weights.
+checkpoint. Every run's seeded validation split never trains: every `run.validate_every` steps the
+EMA weights are measured on it (trainers/validation.py), the best are kept in `<out>/best/`, and
+memorising is reported in one line. The pipeline is exported with the EMA weights of the best
+validation step (`export="best"`) or the last one, and with the sampling settings that scored best
+on the held-out prompts (trainers/tune.py) as its defaults.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tqdm.auto import tqdm
 from mmar import patterns
 from mmar.config import save_json, validate
 from mmar.data import DATA_SOURCES, PROCEDURAL_SOURCES, make_source, source_data_shape
+from mmar.data.split import validation_split
 from mmar.data.tokenized import TokenizedDataset, encode_dataset, stale_reason, tokens_identity
 from mmar.images import captioned_grid, save_atomic
 from mmar.lock import folder_lock
@@ -39,6 +44,8 @@ from trainers.common import (EMA, DataConfig, MetricsLog, OptimConfig, RunConfig
                              make_accelerator, make_optimizer, rank_slice, record_ranks, restore, seeded_generator)
 from trainers.divergence import DivergenceGuard, optimizer_tensors
 from trainers.mixture import MixtureOrder
+from trainers.tune import TuneConfig, tune_sampling
+from trainers.validation import BestCheckpoint, Validator, memorising
 
 logger = logging.getLogger(__name__)
 EMPTY = torch.zeros(0, dtype=torch.long)
@@ -76,11 +83,15 @@ class ARTrainConfig:
     caption_dropout: float = 0.1  # probability of training on an empty caption (the CFG branch)
     num_sample_prompts: int = 8  # per modality, in sample grids
     sample_guidance: float = 3.0
+    export: str = "best"  # the exported weights: "best" (lowest validation loss) or "last"
+    tune: TuneConfig = field(default_factory=TuneConfig)  # the sampling sweep that sets the pipeline's defaults
 
     LIMITS = {"text_loss_weight": "[0, 1000]", "caption_dropout": "[0, 1)", "num_sample_prompts": "[1, 64]",
               "sample_guidance": "[0, 1000]"}
 
     def check(self) -> None:
+        if self.export not in ("best", "last"):
+            raise ValueError(f'export must be "best" or "last", got {self.export!r}')
         if not self.modalities:
             raise ValueError("modalities is empty: give at least one run (--tokenizer DIR, or a config's "
                              '"modalities": {"image": {"tokenizer": DIR, ...}})')
@@ -201,13 +212,20 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
         save_json(config, out / "config.json")
         encode_runs(config, tokenizers, out, device)
     accelerator.wait_for_everyone()
-    data = {name: TokenizedDataset(out / "tokens" / name) for name in config.modalities}
-    caption_bytes = {name: [text.encode(c) for c in d.captions] for name, d in data.items()}
+    full = {name: TokenizedDataset(out / "tokens" / name) for name in config.modalities}
+    all_caption_bytes = {name: [text.encode(c) for c in d.captions] for name, d in full.items()}
+    splits = {name: validation_split(len(d), config.modalities[name].data.validation, config.modalities[name].data.seed)
+              for name, d in full.items()}  # name -> (training indices, validation indices)
+    data = {name: full[name].subset(train) for name, (train, _) in splits.items()}
+    caption_bytes = {name: [all_caption_bytes[name][i] for i in train.tolist()] for name, (train, _) in splits.items()}
+    if main:
+        logger.info("validation: %s", ", ".join(f"{name} holds out {len(held)} of {len(full[name])} items"
+                                                for name, (_, held) in splits.items()))
 
     torch.manual_seed(config.run.seed)  # the initial weights; training randomness comes from seeded generators
     model = MMAR(model_config(config, tokenizers))
     for name, spec in model.layout.modalities.items():
-        needed = 4 + max(len(c) for c in caption_bytes[name]) + spec.num_tokens + 1  # <bos> <m> </m> <eos>
+        needed = 4 + max(len(c) for c in all_caption_bytes[name]) + spec.num_tokens + 1  # <bos> <m> </m> <eos>
         if needed > config.model.max_len:
             raise ValueError(f"{name} samples need {needed} positions but model.max_len is {config.model.max_len}")
     optimizer = make_optimizer(model, config.optim)
@@ -217,12 +235,29 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
     runs = config.modalities
     order = MixtureOrder({n: len(d) for n, d in data.items()}, {n: r.mix_weight for n, r in runs.items()},
                          {n: r.caption_weight for n, r in runs.items()}, config.run.seed)
+    split_record = {name: [len(train), len(held), int(held.sum())] for name, (train, held) in splits.items()}
+
+    def restore_run(state: dict) -> int:
+        if state["trainer"].get("validation", split_record) != split_record:
+            raise ValueError(f"its validation split {state['trainer']['validation']} is not this run's "
+                             f"{split_record}: the data or data.validation changed since")
+        return restore(state, raw, ema, optimizer, order, device)
+
     start = 0
-    if resume and (state := load_latest(out / "checkpoints",
-                                        lambda state: restore(state, raw, ema, optimizer, order, device))):
+    if resume and (state := load_latest(out / "checkpoints", restore_run)):
         start = state["restored"]
         logger.info("resumed from %s at step %d", state["path"], start)
     weights = {"text": config.text_loss_weight, **{name: run.loss_weight for name, run in runs.items()}}
+    validator = None
+    if main and any(len(held) for _, held in splits.values()):
+        # As many fixed training items as held-out ones: the same measurement on seen data.
+        fit = {name: train[torch.randperm(len(train), generator=torch.Generator().manual_seed(config.run.seed))
+                           [:len(held)]].sort().values for name, (train, held) in splits.items()}
+        validator = Validator(full, {"validation": {name: held for name, (_, held) in splits.items()}, "fit": fit},
+                              all_caption_bytes, tokenizers, raw.layout, weights, device)
+    best = BestCheckpoint(out, resume)
+    history: list[tuple[int, float, float]] = []
+    warned = False
     log = MetricsLog(out / "metrics.jsonl", main)
     guard = DivergenceGuard(config.optim.max_nonfinite, config.optim.loss_spike_factor, out / "checkpoints")
     heads = "+".join(dict.fromkeys(run.head for run in runs.values()))
@@ -235,6 +270,7 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
             group["lr"] = learning_rate(step, config.optim)
         generator = seeded_generator(config.run.seed, step, rank, device)
         cpu_generator = seeded_generator(config.run.seed, step, rank)
+        torch.manual_seed(cpu_generator.initial_seed())  # dropout draws from the global RNG: seeded per step too
         batches = []
         # One micro-batch per drawn modality: rows pad to their own modality's length, not the longest's.
         micro_batches = [group for share in rank_slice(order.take(config.optim.batch_size), rank, world,
@@ -291,6 +327,15 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
                               tokens_per_s=tokens_seen / (time.perf_counter() - tic))
                 log.write(done, values)
                 bar.set_postfix({h: f"{values[f'loss/{h}']:.3f}" for h in list(runs)[:3]})
+        if validator and (done % config.run.validate_every == 0 or done == config.optim.steps):
+            pipeline = ema_pipeline(config, tokenizers, ema, device)
+            values = validator(pipeline.model)
+            log.write(done, values)
+            best.offer(done, values, pipeline.save_pretrained)
+            history.append((done, values["validation/loss"], values["fit/loss"]))
+            if not warned and (diagnosis := memorising(history, best.step)):
+                logger.warning("%s", diagnosis)
+                warned = True
         if main and config.run.sample_every and (done % config.run.sample_every == 0 or done == config.optim.steps):
             prompts = {name: source_prompts(runs[name], data[name].captions, config.num_sample_prompts) for name in runs}
             grid = sample_grid(ema_pipeline(config, tokenizers, ema, device), prompts, config)
@@ -301,7 +346,8 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
             accelerator.wait_for_everyone()
             if main:
                 save_checkpoint(out / "checkpoints", done, model=raw.state_dict(), ema=ema.shadow,
-                                optimizer=optimizer.state_dict(), trainer={"data_order": order.state_dict()},
+                                optimizer=optimizer.state_dict(),
+                                trainer={"data_order": order.state_dict(), "validation": split_record},
                                 keep=config.run.keep_checkpoints)
         if config.run.stop_at is not None and done >= config.run.stop_at:
             break
@@ -311,7 +357,13 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
         return out / "checkpoints"
     export = out / "pipeline"
     if main:
-        ema_pipeline(config, tokenizers, ema, "cpu").save_pretrained(export)
+        pipeline = ema_pipeline(config, tokenizers, ema, device)
+        if config.export == "best" and best.exists:
+            logger.info("exporting the best validation step %d (loss %.4f; the last step's: %.4f)", best.step,
+                        best.loss, history[-1][1] if history else float("nan"))
+            pipeline = Pipeline.from_pretrained(best.folder, device)
+        pipeline.sampling = tune_sampling(pipeline, config, out / "tuning", config.run.progress)
+        pipeline.to("cpu").save_pretrained(export)
     accelerator.wait_for_everyone()
     return export
 
@@ -322,7 +374,8 @@ def ema_pipeline(config: ARTrainConfig, tokenizers: dict, ema: EMA, device) -> P
     ema.copy_to(model)
     text = TOKENIZERS["text"](TOKENIZERS["text"].Config())
     sources = {name: run.data.source for name, run in config.modalities.items()}
-    return Pipeline(model.eval(), {"text": text, **tokenizers}, sources).to(device)
+    data = {name: dataclasses.asdict(run.data) for name, run in config.modalities.items()}
+    return Pipeline(model.eval(), {"text": text, **tokenizers}, sources, data=data).to(device)
 
 
 def sample_grid(pipeline: Pipeline, prompts: dict[str, list[str]], config: ARTrainConfig):

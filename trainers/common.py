@@ -159,8 +159,10 @@ class DataConfig:
     # round(seconds * sample_rate) samples, which the audio codec needs to be a multiple of its hop (320)
     seconds: float = 1.0
     sample_rate: int = 16000
+    # held out from training, seeded by `seed` (mmar.data.split): at most a fifth of the items; 0 = none
+    validation: int = 1000
 
-    LIMITS = {"size": "[1, 4096]", "num_items": "[1, inf)", "seed": "[0, 9.2e18]"}
+    LIMITS = {"size": "[1, 4096]", "num_items": "[1, inf)", "seed": "[0, 9.2e18]", "validation": "[0, inf)"}
 
     def check(self) -> None:
         from mmar.data import DATA_SOURCES
@@ -174,6 +176,7 @@ class RunConfig:
     """How a run logs, samples, saves and seeds."""
 
     log_every: int = 10
+    validate_every: int = 100  # validation loss on the held-out split every this many steps (and at the end)
     sample_every: int = 500
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -182,7 +185,7 @@ class RunConfig:
     progress: bool = True
     stop_at: int | None = None  # end this invocation after this step (the schedule still spans optim.steps)
 
-    LIMITS = {"log_every": "[1, inf)", "sample_every": "[0, inf)", "checkpoint_every": "[1, inf)",
+    LIMITS = {"log_every": "[1, inf)", "validate_every": "[1, inf)", "sample_every": "[0, inf)", "checkpoint_every": "[1, inf)",
               "keep_checkpoints": "[1, inf)", "seed": "[0, 9.2e18]", "stop_at": "[1, inf)"}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from mmar.transformer import TransformerConfig
 from trainers.ar import ARTrainConfig, ModalityRun
+from trainers.tune import TuneConfig
 from trainers.common import DataConfig, OptimConfig, RunConfig
 from trainers.tokenizer import TokenizerTrainConfig
 
@@ -89,13 +90,13 @@ def video_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
         out=out,
         tokenizer="video_vq",
         tokenizer_config={"bottleneck": VIDEO_BOTTLENECK[head], "fsq_levels": (8, 5, 5)},
-        data=DataConfig(source="moving_shapes", size=32, num_frames=VIDEO_TOKENIZER_FRAMES, num_items=8_000, seed=0),
+        data=DataConfig(source="moving_shapes", size=32, num_frames=VIDEO_TOKENIZER_FRAMES, num_items=8_000, seed=0,
+                        validation=128),
         # Half the image tokenizer's 2e-3: Adam moves each of a causal conv's 3 temporal slices by about
         # the learning rate, so on near-static clips a 3-D kernel changes ~3x as fast as a 2-D one.
         optim=OptimConfig(steps=320, batch_size=16, learning_rate=1e-3, warmup_steps=20, weight_decay=0.0,
                           beta2=0.99, ema_beta=0.99),
         run=RunConfig(log_every=10, sample_every=0, checkpoint_every=160),
-        eval_items=128,
     )
 
 
@@ -116,7 +117,7 @@ def tiny_video_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
     config.data = DataConfig(source="moving_shapes", size=16, num_frames=5, num_items=64)
     config.optim = OptimConfig(steps=2, batch_size=8, warmup_steps=1)
     config.run = RunConfig(log_every=1, sample_every=0, checkpoint_every=2, progress=False)
-    config.eval_items = 8
+    config.data.validation = 8
     return config
 
 
@@ -151,7 +152,7 @@ def tiny_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
     config.data = DataConfig(num_items=256)
     config.optim = OptimConfig(steps=4, batch_size=16, warmup_steps=1)
     config.run = RunConfig(log_every=2, sample_every=0, checkpoint_every=2, progress=False)
-    config.eval_items = 32
+    config.data.validation = 32
     return config
 
 
@@ -162,6 +163,7 @@ def _tiny(config: ARTrainConfig) -> ARTrainConfig:
     config.model = TransformerConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_len=256)
     config.optim = OptimConfig(steps=4, batch_size=8, warmup_steps=1)
     config.run = RunConfig(log_every=2, sample_every=0, checkpoint_every=2, progress=False)
+    config.tune = TuneConfig(guidance=(1.0, 3.0), num_prompts=2, per_prompt=1)
     return config
 
 
@@ -174,7 +176,7 @@ def tiny_joint(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
 
 
 def _audio_data(num_items: int, source: str = "notes") -> DataConfig:
-    return DataConfig(source=source, num_items=num_items, seed=0, seconds=AUDIO_SECONDS)
+    return DataConfig(source=source, num_items=num_items, seed=0, seconds=AUDIO_SECONDS, validation=128)
 
 
 def audio_tokenizer(out: str, source: str = "notes") -> TokenizerTrainConfig:
@@ -187,7 +189,6 @@ def audio_tokenizer(out: str, source: str = "notes") -> TokenizerTrainConfig:
         optim=OptimConfig(steps=400, batch_size=8, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
                           beta2=0.99, ema_beta=0.99),
         run=RunConfig(log_every=10, sample_every=0, checkpoint_every=200),
-        eval_items=128,
     )
 
 
@@ -210,7 +211,7 @@ def tiny_audio_tokenizer(out: str, source: str = "notes") -> TokenizerTrainConfi
     config.data = DataConfig(source=source, num_items=48, seed=0, seconds=0.5)
     config.optim = OptimConfig(steps=4, batch_size=8, warmup_steps=1)
     config.run = RunConfig(log_every=2, sample_every=0, checkpoint_every=2, progress=False)
-    config.eval_items = 8
+    config.data.validation = 8
     return config
 
 

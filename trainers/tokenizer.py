@@ -2,6 +2,9 @@
 
 Reads raw media from a data source, minimises `tokenizer.training_loss`, keeps EMA weights,
 checkpoints crash-safely, and exports the EMA tokenizer (calibrated) with a reconstruction report.
+The seeded validation split (`data.validation`, `mmar.data.split`) never trains: every
+`run.validate_every` steps the EMA weights' loss on a fixed batch of it is logged as `validation/*`,
+and the report is measured on all of it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tqdm.auto import tqdm
 
 from mmar.config import from_dict, save_json, validate
 from mmar.data import make_source, source_class, source_data_shape
+from mmar.data.split import validation_split
 from mmar.evaluation.reconstruction import reconstruction_metrics, reconstruction_grid
 from mmar.images import save_atomic
 from mmar.lock import folder_lock
@@ -42,9 +46,9 @@ class TokenizerTrainConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=600, batch_size=64, learning_rate=2e-3,
                                                                     warmup_steps=20, weight_decay=0.0, beta2=0.99))
     run: RunConfig = field(default_factory=lambda: RunConfig(sample_every=200, checkpoint_every=200))
-    eval_items: int = 512  # held out from training: the last items of the source
+    validation_batch: int = 64  # held-out items in each validation-loss measurement (the report uses them all)
 
-    LIMITS = {"eval_items": "[0, inf)"}
+    LIMITS = {"validation_batch": "[1, inf)"}
 
     def check(self) -> None:
         if self.tokenizer not in TOKENIZERS:
@@ -90,14 +94,17 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
         out.mkdir(parents=True, exist_ok=True)
         save_json(config, out / "config.json")
     source = make_source(**dataclasses.asdict(config.data))
-    num_train = len(source) - min(config.eval_items, len(source) // 5)
+    train_items, held_out_items = validation_split(len(source), config.data.validation, config.data.seed)
+    train_items = train_items.tolist()
+    logger.info("tokenizer: %d training items, %d held out for validation", len(train_items), len(held_out_items))
+    validation_items = held_out_items[:config.validation_batch].tolist()
     torch.manual_seed(config.run.seed)  # the initial weights; training randomness comes from seeded generators
     tokenizer = build_tokenizer(config)
     optimizer = make_optimizer(tokenizer, config.optim)
     tokenizer, optimizer = accelerator.prepare(tokenizer, optimizer)
     raw = accelerator.unwrap_model(tokenizer)
     ema = EMA(raw, config.optim.ema_beta)
-    order = DataOrder(num_train, config.run.seed)
+    order = DataOrder(len(train_items), config.run.seed)
     start = 0
     if resume and (state := load_latest(out / "checkpoints",
                                         lambda state: restore(state, raw, ema, optimizer, order, device))):
@@ -118,7 +125,7 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
         metrics: dict[str, float] = {}
         step_loss = torch.zeros((), device=device)
         for i, indices in enumerate(micro_batches):
-            items = torch.stack([source[j][0] for j in indices]).to(device)  # (b, *data_shape)
+            items = torch.stack([source[train_items[j]][0] for j in indices]).to(device)  # (b, *data_shape)
             sync = accelerator.no_sync(tokenizer) if i < len(micro_batches) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 result = tokenizer(items, generator)  # forward = training_loss, through DDP when distributed
@@ -139,6 +146,8 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
             log.write(done, {**metrics, "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"],
                              "images_per_s": rate})
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
+        if main and validation_items and (done % config.run.validate_every == 0 or done == config.optim.steps):
+            log.write(done, validation_metrics(config, ema, [source[j][0] for j in validation_items], device))
         checkpoint_due |= done % config.run.checkpoint_every == 0 or done == config.optim.steps
         if checkpoint_due and guard.healthy:  # never a checkpoint of a state whose last step was skipped
             checkpoint_due = False
@@ -157,8 +166,11 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
     if main:
         final = build_tokenizer(config).to(device)
         ema.copy_to(final)
-        held_out = torch.stack([source[j][0] for j in range(num_train, len(source))])  # (E, *data_shape)
-        final.calibrate(torch.stack([source[j][0] for j in range(min(512, num_train))]).to(device))
+        if not len(held_out_items):
+            raise ValueError(f"data.validation is {config.data.validation}: nothing is held out to report on; "
+                             "set it above 0 (and use at least 5 items)")
+        held_out = torch.stack([source[j][0] for j in held_out_items.tolist()])  # (E, *data_shape)
+        final.calibrate(torch.stack([source[j][0] for j in train_items[:512]]).to(device))
         final.save_pretrained(export)
         report = reconstruction_metrics(final, held_out.to(device))
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -167,3 +179,12 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
     accelerator.wait_for_everyone()
     return export
 
+
+
+@torch.no_grad()
+def validation_metrics(config: TokenizerTrainConfig, ema: EMA, items: list[torch.Tensor], device) -> dict[str, float]:
+    """The EMA weights' training loss and metrics on held-out items (eval mode) -> {"validation/<name>": value}."""
+    model = build_tokenizer(config).to(device).eval()
+    ema.copy_to(model)
+    result = model.training_loss(torch.stack(items).to(device), seeded_generator(config.run.seed, 0, 0, device))
+    return {"validation/loss": float(result.loss), **{f"validation/{k}": float(v) for k, v in result.metrics.items()}}

@@ -123,5 +123,11 @@ class TokenizedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def subset(self, indices: torch.Tensor) -> "TokenizedDataset":
+        """The items at `indices` (N',), in that order, as a dataset of their own (a training split)."""
+        part = object.__new__(TokenizedDataset)
+        part.tokens, part.captions = self.tokens[indices], [self.captions[i] for i in indices.tolist()]
+        return part
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         return self.tokens[index], self.captions[index]
