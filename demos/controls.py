@@ -3,7 +3,9 @@
 The controls come from the pipeline, never from a list of modality names: every head takes the
 guidance scale and schedule and a temperature (`mmar.generate.SamplingConfig`); a discrete head
 (its `target_dtype` is long) adds top-k and top-p; a head whose `sample` takes `num_steps` (the
-flow head's ODE steps) adds that, with the trained head's own default. A head added later gets
+flow head's ODE steps) adds that, with the trained head's own default. Every control starts at
+the pipeline's stored sampling default (tuned after training), so the first click gives what
+`mmar generate` gives without options. A head added later gets
 its controls the same way, with no change here. Nothing in this file imports gradio: the app
 turns a `ValueError` from `check` into a `gr.Error`, so the same checks serve the browser, the
 API and the tests.
@@ -52,19 +54,21 @@ def head_controls(pipeline, modality: str) -> list[Control]:
     """The sampling controls `modality`'s head uses, in page order."""
     head = pipeline.head_of(modality)
     cls = HEADS[head]
+    stored = pipeline.sampling_defaults(modality)
     controls = [
-        Control("guidance_scale", "CFG scale", "float", 3.0, 0.0, MAX_GUIDANCE, 0.1, "--cfg",
+        Control("guidance_scale", "CFG scale", "float", stored["guidance_scale"], 0.0, MAX_GUIDANCE, 0.1, "--cfg",
                 info="classifier-free guidance; 1 turns it off"),
-        Control("guidance_schedule", "CFG schedule", "choice", "constant", flag="--cfg-schedule",
+        Control("guidance_schedule", "CFG schedule", "choice", stored["guidance_schedule"], flag="--cfg-schedule",
                 choices=tuple(GUIDANCE_SCHEDULES), info="linear grows from 1 to the scale over positions / scales"),
-        Control("temperature", "temperature", "float", 1.0, 0.0, MAX_TEMPERATURE, 0.05, "--temperature",
-                info="0 is greedy" if cls.target_dtype == torch.long else "scale of the starting noise"),
+        Control("temperature", "temperature", "float", stored["temperature"], 0.0, MAX_TEMPERATURE, 0.05,
+                "--temperature", info="0 is greedy" if cls.target_dtype == torch.long else "scale of the starting noise"),
     ]
     if cls.target_dtype == torch.long:  # a softmax over codes: top-k and nucleus filtering apply
         codebook = pipeline.spec(modality).codebook_size
         controls += [
-            Control("top_k", "top-k", "int", 0, 0, codebook, 1, "--top-k", info="0 keeps every code"),
-            Control("top_p", "top-p", "float", 1.0, 0.05, 1.0, 0.05, "--top-p", info="nucleus: 1 keeps every code"),
+            Control("top_k", "top-k", "int", stored["top_k"], 0, codebook, 1, "--top-k", info="0 keeps every code"),
+            Control("top_p", "top-p", "float", stored["top_p"], 0.05, 1.0, 0.05, "--top-p",
+                    info="nucleus: 1 keeps every code"),
         ]
     if "num_steps" in inspect.signature(cls.sample).parameters:
         default = int(getattr(pipeline.model.heads[modality].config, "num_steps", 25))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from mmar.media import save_media
+from mmar.cli import add_sampling_arguments, sampling_options
 from mmar.pipeline import Pipeline
 
 
@@ -23,10 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="a pluck playing E4 four times")
     parser.add_argument("--num", type=int, default=1, help="clips to generate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
+    add_sampling_arguments(parser)
     parser.add_argument("--out", default="text_to_audio.wav",
                         help="a .wav file (several clips: NAME-000.wav, ...) or a folder for 000.wav, 001.wav, ...")
     args = parser.parse_args(argv)
@@ -38,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--out {out}: write .wav files, or give a folder")
         pipeline = Pipeline.from_pretrained(args.model)
         modality = args.modality or pipeline.caption_modality("audio")
-        clips = pipeline(args.prompt, num_images_per_prompt=args.num, modality=modality, guidance_scale=args.cfg,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        clips = pipeline(args.prompt, num_images_per_prompt=args.num, modality=modality, seed=args.seed,
+                         **sampling_options(args))
     except (ValueError, FileNotFoundError) as error:
         print(f"text_to_audio: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2

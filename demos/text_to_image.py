@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from mmar.images import captioned_grid, save_atomic
+from mmar.cli import add_sampling_arguments, sampling_options
 from mmar.pipeline import Pipeline
 
 
@@ -21,16 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="a red circle at the top left")
     parser.add_argument("--num", type=int, default=4, help="images to generate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
+    add_sampling_arguments(parser)
     parser.add_argument("--out", default="text_to_image.png")
     args = parser.parse_args(argv)
     try:
         pipeline = Pipeline.from_pretrained(args.model)
-        images = pipeline(args.prompt, num_images_per_prompt=args.num, modality=args.modality, guidance_scale=args.cfg,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        images = pipeline(args.prompt, num_images_per_prompt=args.num, modality=args.modality, seed=args.seed,
+                         **sampling_options(args))
     except (ValueError, FileNotFoundError) as error:
         print(f"text_to_image: error: {error}", file=sys.stderr)
         return 2

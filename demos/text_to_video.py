@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmar.cli import add_sampling_arguments, sampling_options
 from mmar.pipeline import Pipeline
 
 
@@ -25,10 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="a red circle moving left")
     parser.add_argument("--num", type=int, default=1, help="clips to generate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
+    add_sampling_arguments(parser)
     parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the written files")
     parser.add_argument("--out", default="text_to_video.mp4", help="a .mp4 or .gif file, or a folder")
     args = parser.parse_args(argv)
@@ -39,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--num must be at least 1 and --fps positive, got {args.num} and {args.fps}")
         pipeline = Pipeline.from_pretrained(args.model)
         modality = args.modality or pipeline.caption_modality("video")  # the first video modality
-        clips = pipeline(args.prompt, num_images_per_prompt=args.num, modality=modality, guidance_scale=args.cfg,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        clips = pipeline(args.prompt, num_images_per_prompt=args.num, modality=modality, seed=args.seed,
+                         **sampling_options(args))
         out = Path(args.out)
         if out.suffix.lower() in (".mp4", ".gif"):
             captions = [args.prompt] * len(clips)

@@ -194,11 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, action="append", help="text prompt (repeatable)")
     gen.add_argument("--num", type=_positive_int, default=4, help="samples per prompt (default 4)")
     gen.add_argument("--seed", type=_seed, default=0)
-    gen.add_argument("--cfg", type=_finite_float, default=3.0, help="classifier-free guidance scale; 1 disables (default 3)")
-    gen.add_argument("--cfg-schedule", default="constant", choices=["constant", "linear"])
-    gen.add_argument("--temperature", type=_finite_float, default=1.0)
-    gen.add_argument("--top-k", type=_nonnegative_int, default=0, help="0 keeps all codes")
-    gen.add_argument("--top-p", type=_finite_float, default=1.0)
+    add_sampling_arguments(gen)
     gen.add_argument("--steps", type=_positive_int, default=None, help="ODE steps (flow_matching head only)")
     gen.add_argument("--out", default="out.png", help="grid file (*.png for images, *.mp4 / *.gif for video, "
                      "several clips side by side), one file of the medium (a.wav; several samples become a-000.wav, "
@@ -220,7 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--max-bytes", type=_positive_int, default=64, help="longest caption (default 64 bytes)")
     caption.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
-    evaluate = commands.add_parser("eval", help="prompt-following (and caption) accuracy with the analytic checkers")
+    evaluate = commands.add_parser("eval", help="prompt-following, caption accuracy and Fréchet distance of a pipeline",
+                                   description="Procedural sources are scored by their analytic checkers. Images "
+                                   "from any other source (Fashion-MNIST, your folder) are scored by a feature net "
+                                   "mmar fits on the held-out split the model never trained on (class-following "
+                                   "when the captions are a small closed set, Fréchet distance, precision and "
+                                   "recall); the report says how well the net itself does on held-out images.")
     evaluate.add_argument("--model", required=True)
     evaluate.add_argument("--modality", default=None, help="evaluate this modality only (default: every one)")
     evaluate.add_argument("--captions", action="store_true", help="also score captions of held-out items")
@@ -228,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     evaluate.add_argument("--num-prompts", type=_positive_int, default=64)
     evaluate.add_argument("--per-prompt", type=_positive_int, default=4)
-    evaluate.add_argument("--cfg", type=_finite_float, default=3.0)
+    evaluate.add_argument("--cfg", type=_finite_float, nargs="+", default=None, metavar="S",
+                          help="guidance scale(s); several values sweep them (default: the pipeline's tuned setting)")
+    evaluate.add_argument("--data", default=None, metavar="DIR",
+                          help="score against the held-out split of this folder instead of the training data's")
+    evaluate.add_argument("--cache", default=None, metavar="DIR",
+                          help="where the feature net is cached (default: tuning/feature_net beside the pipeline)")
     evaluate.add_argument("--steps", type=_positive_int, nargs="+", default=None, metavar="N",
                           help="ODE steps (flow_matching head only); several values sweep them, e.g. --steps 1 2 4 8 16")
     evaluate.add_argument("--out", default=None, help="write the report JSON here")
@@ -247,6 +253,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compile", action="store_true", default=None,
                        help="also time the torch.compile'd decode step (always on CUDA; ~30 s of compiling per row on CPU)")
     return parser
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """--cfg, --cfg-schedule, --temperature, --top-k, --top-p; each not given is the pipeline's stored default."""
+    stored = " (default: the pipeline's tuned setting, see `sampling` in its pipeline.json; else {})"
+    parser.add_argument("--cfg", type=_finite_float, default=None,
+                        help="classifier-free guidance scale; 1 disables" + stored.format(3))
+    parser.add_argument("--cfg-schedule", default=None, choices=["constant", "linear"],
+                        help="guidance constant or growing over positions" + stored.format("constant"))
+    parser.add_argument("--temperature", type=_finite_float, default=None, help="0 is greedy" + stored.format(1))
+    parser.add_argument("--top-k", type=_nonnegative_int, default=None, help="0 keeps all codes" + stored.format(0))
+    parser.add_argument("--top-p", type=_finite_float, default=None, help="nucleus mass" + stored.format(1))
+
+
+def sampling_options(args) -> dict:
+    """The sampling settings given on the command line (the pipeline's defaults fill the others)."""
+    given = {"guidance_scale": args.cfg, "guidance_schedule": args.cfg_schedule, "temperature": args.temperature,
+             "top_k": args.top_k, "top_p": args.top_p}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -432,7 +457,7 @@ def _check_steps(pipeline, modality: str | None, steps) -> None:
 
 
 def _generate(args) -> int:
-    if args.temperature < 0:
+    if args.temperature is not None and args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
     if not args.fps > 0:
         raise UsageError(f"--fps must be positive, got {args.fps}")
@@ -443,9 +468,8 @@ def _generate(args) -> int:
     _check_steps(pipeline, args.modality, args.steps)
     if args.modality:  # the medium is known: a wrong --out fails before any sampling
         _check_out(Path(args.out), {pipeline.spec(args.modality).medium})
-    outputs = pipeline(args.prompt, num_images_per_prompt=args.num, modality=args.modality, guidance_scale=args.cfg,
-                       guidance_schedule=args.cfg_schedule, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, **_steps_option(args.steps))
+    outputs = pipeline(args.prompt, num_images_per_prompt=args.num, modality=args.modality, seed=args.seed,
+                       **sampling_options(args), **_steps_option(args.steps))
     chosen = pipeline.last_modalities
     captions = [p for p in args.prompt for _ in range(args.num)]
     if len(set(chosen)) > 1 or (args.modality is None and len(pipeline.modalities) > 1):
@@ -526,27 +550,38 @@ def _caption(args) -> int:
 def _eval(args) -> int:
     import json
 
-    from mmar.evaluation import evaluate, evaluate_captions, report_markdown
+    import itertools
+
+    from mmar.evaluation import checker_of, evaluate, evaluate_captions, report_markdown
     from mmar.pipeline import Pipeline
 
     pipeline = Pipeline.from_pretrained(args.model, device=args.device)
     modalities = [pipeline.spec(args.modality).name] if args.modality else pipeline.modalities
-    sweep = args.steps or [None]
+    steps_sweep, cfg_sweep = args.steps or [None], args.cfg or [None]
     _check_steps(pipeline, args.modality, args.steps)
-    if len(sweep) > 1 and len(modalities) > 1:
+    if len(steps_sweep) > 1 and len(cfg_sweep) > 1:
+        raise UsageError("sweep one setting at a time: several --steps or several --cfg values, not both")
+    if len(steps_sweep) > 1 and len(modalities) > 1:
         raise UsageError("--steps sweeps one flow_matching modality: pass --modality too")
-    if args.plot and len(sweep) < 2:
+    if args.plot and len(steps_sweep) < 2:
         raise UsageError("--plot draws accuracy against several --steps values: pass at least two")
+    cache = Path(args.cache) if args.cache else Path(args.model).resolve().parent / "tuning" / "feature_net"
+    data = {"source": "folder", "path": args.data} if args.data else None
     results: dict = {}
     for modality in modalities:
         head = pipeline.head_of(modality)
-        for steps in sweep:
-            scores = evaluate(pipeline, modality, args.num_prompts, args.per_prompt, seed=args.seed,
-                              guidance_scale=args.cfg, **_steps_option(steps))
-            title = f"prompt-following of {args.model}: {modality} ({head}" + (f", {steps} steps)" if steps else ")")
+        checker = checker_of(pipeline, modality, cache, data)
+        for steps, cfg in itertools.product(steps_sweep, cfg_sweep):
+            sampling = {**_steps_option(steps), **({} if cfg is None else {"guidance_scale": cfg})}
+            scores = evaluate(pipeline, modality, args.num_prompts, args.per_prompt, seed=args.seed, checker=checker,
+                              **sampling)
+            used = cfg if cfg is not None else pipeline.sampling_defaults(modality)["guidance_scale"]
+            title = (f"prompt-following of {args.model}: {modality} ({head}, CFG {used:g}"
+                     + ("" if cfg is not None else " stored") + (f", {steps} steps)" if steps else ")"))
             print(report_markdown(scores, title) + "\n")
-            results.setdefault(modality, {})[steps] = scores
-    report: dict = {m: r[sweep[0]] if len(sweep) == 1 else {"by_steps": {str(k): v for k, v in r.items()}}
+            results.setdefault(modality, {})[steps if len(steps_sweep) > 1 else cfg] = scores
+    sweep_key = "by_steps" if len(steps_sweep) > 1 else "by_cfg"
+    report: dict = {m: next(iter(r.values())) if len(r) == 1 else {sweep_key: {str(k): v for k, v in r.items()}}
                     for m, r in results.items()}
     if args.captions:
         report["captions"] = evaluate_captions(pipeline, args.modality, args.num_prompts, args.per_prompt, seed=args.seed)
@@ -555,7 +590,8 @@ def _eval(args) -> int:
         from trainers.plots import plot_accuracy_vs_steps
 
         only = modalities[0]
-        plot_accuracy_vs_steps(results[only], Path(args.plot), title=f"{pipeline.head_of(only)}, CFG {args.cfg:g}")
+        used = cfg_sweep[0] if cfg_sweep[0] is not None else pipeline.sampling_defaults(only)["guidance_scale"]
+        plot_accuracy_vs_steps(results[only], Path(args.plot), title=f"{pipeline.head_of(only)}, CFG {used:g}")
         print(f"wrote {args.plot}")
     if args.out:
         single = len(modalities) == 1 and not args.captions

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmar import patterns
-from mmar.config import save_json, validate
+from mmar.config import read_json, save_json, validate
 from mmar.data import DATA_SOURCES, PROCEDURAL_SOURCES, make_source, source_data_shape
 from mmar.data.split import validation_split
 from mmar.data.tokenized import TokenizedDataset, encode_dataset, stale_reason, tokens_identity
@@ -39,7 +39,7 @@ from mmar.packing import Segment, pack
 from mmar.pipeline import Pipeline, modality_spec
 from mmar.transformer import TransformerConfig
 from tokenizers_vq import TOKENIZERS, load_tokenizer
-from trainers.checkpoint import load_latest, save_checkpoint
+from trainers.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from trainers.common import (EMA, DataConfig, MetricsLog, OptimConfig, RunConfig, learning_rate,
                              make_accelerator, make_optimizer, rank_slice, record_ranks, restore, seeded_generator)
 from trainers.divergence import DivergenceGuard, optimizer_tensors
@@ -161,7 +161,9 @@ def encode_runs(config: ARTrainConfig, tokenizers: dict, out: Path, device) -> N
     """Encode each run's data once into `<out>/tokens/<name>`; stale tokens are re-encoded, with a log line."""
     for name, run in config.modalities.items():
         directory = out / "tokens" / name
-        identity = tokens_identity(run.tokenizer, dataclasses.asdict(run.data))
+        # the held-out size picks items, not codes: changing it re-uses the tokens
+        identity = tokens_identity(run.tokenizer, {k: v for k, v in dataclasses.asdict(run.data).items()
+                                                   if k != "validation"})
         reason = stale_reason(directory, identity)
         if reason is None:
             continue
@@ -236,15 +238,11 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
     order = MixtureOrder({n: len(d) for n, d in data.items()}, {n: r.mix_weight for n, r in runs.items()},
                          {n: r.caption_weight for n, r in runs.items()}, config.run.seed)
     split_record = {name: [len(train), len(held), int(held.sum())] for name, (train, held) in splits.items()}
-
-    def restore_run(state: dict) -> int:
-        if state["trainer"].get("validation", split_record) != split_record:
-            raise ValueError(f"its validation split {state['trainer']['validation']} is not this run's "
-                             f"{split_record}: the data or data.validation changed since")
-        return restore(state, raw, ema, optimizer, order, device)
-
+    if resume:
+        check_resumed_split(out / "checkpoints", split_record)
     start = 0
-    if resume and (state := load_latest(out / "checkpoints", restore_run)):
+    if resume and (state := load_latest(out / "checkpoints",
+                                        lambda state: restore(state, raw, ema, optimizer, order, device))):
         start = state["restored"]
         logger.info("resumed from %s at step %d", state["path"], start)
     weights = {"text": config.text_loss_weight, **{name: run.loss_weight for name, run in runs.items()}}
@@ -366,6 +364,19 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
         pipeline.to("cpu").save_pretrained(export)
     accelerator.wait_for_everyone()
     return export
+
+
+def check_resumed_split(root: Path, record: dict) -> None:
+    """A resume keeps the validation split: the newest checkpoint's record (train, held-out, index sum per
+    run) must be this run's, or items would move between training and validation."""
+    newest = list_checkpoints(root)[-1:]
+    try:
+        saved = read_json(newest[0] / "trainer.json").get("validation") if newest else None
+    except (OSError, ValueError, AttributeError):
+        return  # a damaged checkpoint: load_latest skips it with its own message
+    if saved is not None and saved != record:
+        raise ValueError(f"{newest[0]} was trained with another validation split ({saved}; this run: {record}): the "
+                         "data or data.validation changed. Resume with the same data, or start a new --out")
 
 
 def ema_pipeline(config: ARTrainConfig, tokenizers: dict, ema: EMA, device) -> Pipeline:

@@ -69,7 +69,7 @@ def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart", overrides: list[str] = (),
-                   tiny: bool = False, num_prompts: int = 64, per_prompt: int = 4, guidance_scale: float = 3.0,
+                   tiny: bool = False, num_prompts: int = 64, per_prompt: int = 4, guidance_scale: float | None = None,
                    recipe: str = "single", pattern: str = "delay") -> dict:
     """Train the tokenizer(s) and the AR model of `recipe`, then sample and evaluate. Returns the report."""
     if recipe not in RECIPES:
@@ -135,7 +135,7 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
         "heads": {name: pipeline.head_of(name) for name in pipeline.modalities},
         "prompt_following": scores if joint else scores[first],
         "tokenizer": tokenizer_reports if joint else tokenizer_reports[first],
-        "sampling": {"guidance_scale": guidance_scale, "seed": 0},
+        "sampling": sampling_report(pipeline, guidance_scale),
     }
     title = {"single": f"mmar quickstart ({head})", "video": f"mmar quickstart (video, {head})",
              "joint": "mmar quickstart (joint)", "joint_video": "mmar quickstart (joint, with video)"}[recipe]
@@ -155,8 +155,14 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
     return report
 
 
+def sampling_report(pipeline: Pipeline, guidance_scale: float | None) -> dict:
+    """What the samples and the report used: the given guidance scale, else each modality's stored defaults."""
+    chosen = {"guidance_scale": guidance_scale} if guidance_scale is not None else {}
+    return {"seed": 0, **{name: {**pipeline.sampling_defaults(name), **chosen} for name in pipeline.modalities}}
+
+
 def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: list[str] = (), tiny: bool = False,
-                         num_prompts: int = 64, per_prompt: int = 2, guidance_scale: float = 3.0,
+                         num_prompts: int = 64, per_prompt: int = 2, guidance_scale: float | None = None,
                          pattern: str = "delay", source: str = "notes") -> dict:
     """Codec -> AR model over its levels (`pattern`) -> WAV samples, spectrogram sheet, curves, report.
 
@@ -204,8 +210,7 @@ def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: l
         "prompt_following": scores,
         "tokenizer": tokenizer_report,
         "transformer_calls_per_second_of_audio": round(spec.num_tokens / seconds_of_audio, 1),
-        "sampling": {"guidance_scale": guidance_scale, "seed": 0,
-                     "evaluation_seconds": round(evaluation_seconds, 1)},
+        "sampling": {**sampling_report(pipeline, guidance_scale), "evaluation_seconds": round(evaluation_seconds, 1)},
         "seconds": {"tokenizer": round(tokenizer_seconds, 1), "ar": round(ar_seconds, 1),
                     "total": round(time.perf_counter() - started, 1)},
     }
@@ -237,7 +242,7 @@ def clip_reconstruction(tokenizer_dir: str, data, num_clips: int = 128) -> dict:
     return reconstruction_metrics(load_tokenizer(tokenizer_dir), clips)
 
 
-def write_video_samples(pipeline: Pipeline, prompts: list[str], out: Path, guidance_scale: float) -> None:
+def write_video_samples(pipeline: Pipeline, prompts: list[str], out: Path, guidance_scale: float | None) -> None:
     """`samples.gif`: the prompts' clips playing side by side, captioned; `samples/NNN.png`: each one's frames."""
     from mmar.media import preview_video, save_media, video_grid
 

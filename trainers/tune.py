@@ -69,7 +69,7 @@ def tune_sampling(pipeline, config, out: Path, progress: bool = True) -> dict:
     chosen = {}
     for name in pipeline.modalities:
         try:
-            checker = checker_of(pipeline, name, out / "feature_net", seed=config.run.seed)
+            checker = checker_of(pipeline, name, out / "feature_net")
         except ValueError as reason:
             logger.info("tuning: nothing scores %s (%s); it keeps the defaults", name, reason)
             continue

@@ -17,7 +17,7 @@ def source_of(pipeline, modality: str) -> str:
     return pipeline.sources.get(modality, "shapes")
 
 
-def checker_of(pipeline, modality: str, cache: str | Path, data: dict | None = None, seed: int = 0):
+def checker_of(pipeline, modality: str, cache: str | Path, data: dict | None = None):
     """The checker of `modality`: its source's analytic one, else (images) a feature checker.
 
     The feature checker's net is fitted on the held-out split of the data config the pipeline was
@@ -40,7 +40,7 @@ def checker_of(pipeline, modality: str, cache: str | Path, data: dict | None = N
                          "train with a larger data.validation (or more data)")
     pairs = [items[i] for i in held_out.tolist()]
     images = torch.stack([image for image, _ in pairs])  # (n, 3, H, W)
-    return FeatureChecker.build(images, [text for _, text in pairs], cache_dir=Path(cache), seed=seed)
+    return FeatureChecker.build(images, [text for _, text in pairs], cache_dir=Path(cache), seed=data.get("seed", 0))
 
 
 @torch.no_grad()
