@@ -437,6 +437,12 @@ def _train(args) -> int:
     if args.out:
         config = dataclasses.replace(config, out=args.out)
     config = apply_overrides(config, overrides)
+    if not args.config:  # the shorthand sizes itself to its data (trainers/sizing.py); a config file is as written
+        from trainers.sizing import fit_to_data, training_items
+
+        run = next(iter(config.modalities.values()))
+        for change in fit_to_data(config, training_items(run.data), {o.split("=", 1)[0].strip() for o in overrides}):
+            print(f"sized to the data: {change}; --set the key to choose yourself")
     print(f"pipeline written to {train_ar(config, resume=args.resume)}")
     return 0
 

@@ -140,3 +140,17 @@ def _same(images, pipeline, tokens) -> bool:
     decoded = [to_pil(item) for item in pipeline.tokenizers["image"].decode(tokens)]
     return len(images) == len(decoded) and all(np.array_equal(np.asarray(a), np.asarray(b))
                                                for a, b in zip(images, decoded))
+
+
+def test_small_data_resizes_the_shorthand_but_never_a_given_key(tokenizer_dir):
+    from trainers.ar import single_run
+    from trainers.sizing import MAX_EPOCHS, fit_to_data
+
+    config, _ = single_run("runs/x", str(tokenizer_dir), "next_token")
+    changes = fit_to_data(config, 1_400, given={"optim.weight_decay"})
+    assert config.optim.steps == -(-MAX_EPOCHS * 1_400 // config.optim.batch_size) and config.optim.steps < 2_000
+    assert config.model.dropout == 0.1 and config.optim.weight_decay == 0.05  # the given key stays
+    assert config.model.dim == 128 and config.model.dim % config.model.num_heads == 0
+    assert any(c.startswith("optim.steps 2000 -> ") and "1,400 training items" in c for c in changes)
+    big, _ = single_run("runs/x", str(tokenizer_dir), "next_token")
+    assert fit_to_data(big, 200_000, given=set()) == [] and big.model.dropout == 0.0  # plenty of data: as is

@@ -66,11 +66,19 @@ def score(images: Sequence[torch.Tensor | Image.Image | np.ndarray] | torch.Tens
     }
 
 
+#: scores that are distances, not fractions (printed as numbers, lower is better)
+DISTANCES = ("frechet",)
+
+
 def report_markdown(scores: dict, title: str = "Prompt following (shapes)", unit: str = "images") -> str:
-    """A small markdown table of a `score` result."""
-    lines = [f"### {title}", "", "| attribute | accuracy |", "|---|---|"]
+    """A small markdown table of a `score` result (an analytic checker's or the feature checker's)."""
+    lines = [f"### {title}", "", "| attribute | score |", "|---|---|"]
     # The checker's own attributes (shapes: position; moving shapes: direction), "all" last.
-    names = [name for name in scores if isinstance(scores[name], float) and name not in ("all", "parsed")] + ["all"]
-    lines += [f"| {name} | {100 * scores[name]:.1f}% |" for name in names]
-    lines += ["", f"{scores['count']} {unit}, checked analytically (`mmar.evaluation`)."]
+    names = [name for name in scores if isinstance(scores[name], float) and name not in ("all", "parsed")]
+    names += ["all"] if "all" in scores else []
+    lines += [f"| {name} | {scores[name]:.3f} |" if name in DISTANCES else f"| {name} | {100 * scores[name]:.1f}% |"
+              for name in names]
+    how = "checked analytically (`mmar.evaluation`)" if "feature_net_accuracy" not in scores and "frechet" not in scores \
+        else "scored by the feature net fitted on held-out real images (`mmar.evaluation.feature_checker`)"
+    lines += ["", f"{scores['count']} {unit}, {how}."]
     return "\n".join(lines) + "\n"
