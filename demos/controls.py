@@ -2,7 +2,7 @@
 
 The controls come from the pipeline, never from a list of modality names: every head takes the
 guidance scale and schedule and a temperature (`mmar.generate.SamplingConfig`); a discrete head
-(its `target_dtype` is long) adds top-k and top-p; a head whose `sample` takes `num_steps` (the
+(its `target_dtype` is long) adds top-k, top-p and the guidance plausibility constraint; a head whose `sample` takes `num_steps` (the
 flow head's ODE steps) adds that, with the trained head's own default. Every control starts at
 the pipeline's stored sampling default (tuned after training), so the first click gives what
 `mmar generate` gives without options. A head added later gets
@@ -69,6 +69,8 @@ def head_controls(pipeline, modality: str) -> list[Control]:
             Control("top_k", "top-k", "int", stored["top_k"], 0, codebook, 1, "--top-k", info="0 keeps every code"),
             Control("top_p", "top-p", "float", stored["top_p"], 0.05, 1.0, 0.05, "--top-p",
                     info="nucleus: 1 keeps every code"),
+            Control("plausibility", "plausibility", "float", stored["plausibility"], 0.0, 1.0, 0.01, "--plausibility",
+                    info="with CFG, only codes at least this fraction as likely as the top one under the prompt"),
         ]
     if "num_steps" in inspect.signature(cls.sample).parameters:
         default = int(getattr(pipeline.model.heads[modality].config, "num_steps", 25))

@@ -8,6 +8,8 @@ row instead of one per vocabulary entry: on CPU, 7x faster for 16 rows of 512 co
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -26,6 +28,24 @@ def mix_guidance(conditional: torch.Tensor, unconditional: torch.Tensor | None, 
     if unconditional is None:
         return conditional
     return unconditional + guidance_scale * (conditional - unconditional)
+
+
+def restrict_to_plausible(logits: torch.Tensor, conditional: torch.Tensor, plausibility: float) -> torch.Tensor:
+    """Keep only codes the conditional model finds plausible: p_c(v) >= plausibility * max_v p_c(v).
+
+    Guidance u + s (c - u) rewards a code for how much more likely the prompt makes it, however
+    unlikely it is: a code at log-probability -10 under the prompt and -25 without it gains 15 s.
+    A model that memorises its data is sure of its continuations with and without the prompt, so
+    these tail codes win often (measured on Fashion-MNIST: 8% of the codes drawn at CFG 3 had
+    under 1% of the top code's conditional probability, 4% at CFG 1.5) and samples turn to noise.
+    This is contrastive decoding's adaptive plausibility constraint (Li et al. 2023), applied to
+    classifier-free guidance. logits, conditional (..., V) -> logits with implausible codes at -inf.
+    """
+    if plausibility <= 0:
+        return logits
+    log_probs = conditional.float().log_softmax(dim=-1)  # (..., V)
+    floor = log_probs.max(dim=-1, keepdim=True).values + math.log(plausibility)  # (..., 1)
+    return logits.masked_fill(log_probs < floor, float("-inf"))
 
 
 def sample_logits(

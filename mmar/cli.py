@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """--cfg, --cfg-schedule, --temperature, --top-k, --top-p; each not given is the pipeline's stored default."""
+    """--cfg, --cfg-schedule, --temperature, --top-k, --top-p, --plausibility; each not given is the pipeline's
+    stored default."""
     stored = " (default: the pipeline's tuned setting, see `sampling` in its pipeline.json; else {})"
     parser.add_argument("--cfg", type=_finite_float, default=None,
                         help="classifier-free guidance scale; 1 disables" + stored.format(3))
@@ -265,12 +266,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=_finite_float, default=None, help="0 is greedy" + stored.format(1))
     parser.add_argument("--top-k", type=_nonnegative_int, default=None, help="0 keeps all codes" + stored.format(0))
     parser.add_argument("--top-p", type=_finite_float, default=None, help="nucleus mass" + stored.format(1))
+    parser.add_argument("--plausibility", type=_finite_float, default=None,
+                        help="with guidance, draw only codes with at least this fraction of the top code's "
+                        "probability under the prompt" + stored.format(0))
 
 
 def sampling_options(args) -> dict:
     """The sampling settings given on the command line (the pipeline's defaults fill the others)."""
     given = {"guidance_scale": args.cfg, "guidance_schedule": args.cfg_schedule, "temperature": args.temperature,
-             "top_k": args.top_k, "top_p": args.top_p}
+             "top_k": args.top_k, "top_p": args.top_p, "plausibility": args.plausibility}
     return {key: value for key, value in given.items() if value is not None}
 
 

@@ -36,9 +36,12 @@ class SamplingConfig:
     top_p: float = 1.0
     seed: int = 0
     head_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_steps": 16} for flow
+    # discrete heads, with guidance: draw only codes with at least this fraction of the top code's
+    # conditional probability (heads.sampling.restrict_to_plausible); 0 keeps every code
+    plausibility: float = 0.0
 
     LIMITS = {"guidance_scale": "[0, 1000]", "temperature": "[0, 100]", "top_k": "[0, inf)", "top_p": "(0, 1]",
-              "seed": "[0, 9.2e18]"}
+              "seed": "[0, 9.2e18]", "plausibility": "[0, 1]"}
 
     def __post_init__(self) -> None:
         validate(self)  # types, finite numbers, LIMITS, check()
@@ -160,7 +163,8 @@ def _sample(model: MMAR, name: str, hidden: torch.Tensor, config: SamplingConfig
     if config.guided and scale == 1.0:
         hidden = hidden[: hidden.shape[0] // 2]  # exactly 1: conditional rows alone
     return model.heads[name].sample(hidden, guidance_scale=scale, temperature=config.temperature, top_k=config.top_k,
-                                    top_p=config.top_p, generator=generator, **config.head_options, **options)
+                                    top_p=config.top_p, generator=generator, plausibility=config.plausibility,
+                                    **config.head_options, **options)
 
 
 def _fill_causal(model, sequence, spec, start, config, generator, progress=None) -> torch.Tensor:

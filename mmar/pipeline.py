@@ -39,7 +39,7 @@ from tokenizers_vq import Tokenizer, load_tokenizer
 FORMAT = "mmar-pipeline/1"
 #: the settings a pipeline may store per modality, and what is used when it stores none
 SAMPLING_DEFAULTS = {"guidance_scale": 3.0, "guidance_schedule": "constant", "temperature": 1.0, "top_k": 0,
-                     "top_p": 1.0}
+                     "top_p": 1.0, "plausibility": 0.0}
 
 
 @dataclass
@@ -238,7 +238,8 @@ class Pipeline:
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, modality: str | None = None,
                  guidance_scale: float | None = None, guidance_schedule: str | None = None,
-                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 plausibility: float | None = None, seed: int = 0,
                  progress: Callable[[str, int, int], None] | None = None, **head_options) -> list[Any]:
         """Generate `num_images_per_prompt` items for each prompt, prompt-major order.
 
@@ -253,7 +254,7 @@ class Pipeline:
         if num_images_per_prompt < 1:
             raise ValueError(f"the number of samples must be at least 1, got {num_images_per_prompt}")
         given = {"guidance_scale": guidance_scale, "guidance_schedule": guidance_schedule, "temperature": temperature,
-                 "top_k": top_k, "top_p": top_p}
+                 "top_k": top_k, "top_p": top_p, "plausibility": plausibility}
         given = {key: value for key, value in given.items() if value is not None}
         repeated = [p for p in prompts for _ in range(num_images_per_prompt)]
         chosen = [self._check(modality)] * len(repeated) if modality else self.choose(repeated, seed=seed)

@@ -66,3 +66,17 @@ def test_guidance_split_and_mix():
         split_guidance(hidden[:3], 2.0)
     with pytest.raises(ValueError, match="temperature"):
         sample_logits(hidden, temperature=-1.0)
+
+
+def test_plausibility_keeps_guidance_off_codes_the_prompt_finds_unlikely():
+    from heads.sampling import mix_guidance, restrict_to_plausible
+
+    # code 0 is the prompt's choice; code 2 is unlikely under the prompt but far more unlikely without it
+    conditional = torch.tensor([[0.0, -1.0, -10.0]]).log_softmax(-1)  # (1, 3)
+    unconditional = torch.tensor([[0.0, -1.0, -25.0]]).log_softmax(-1)
+    guided = mix_guidance(conditional, unconditional, 3.0)
+    assert guided.argmax(-1).item() == 2  # the tail code wins plain guidance
+    restricted = restrict_to_plausible(guided, conditional, 0.05)
+    assert restricted.argmax(-1).item() == 0 and torch.isinf(restricted[0, 2])
+    assert torch.isfinite(restricted[0, :2]).all()  # codes within 5% of the top stay (e^-1 = 37%)
+    assert torch.equal(restrict_to_plausible(guided, conditional, 0.0), guided)  # 0 is off

@@ -28,8 +28,10 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TuneConfig:
     enabled: bool = True
-    guidance: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)  # guidance scales tried
+    guidance: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  # guidance scales tried
     temperature: tuple[float, ...] = (1.0,)  # temperatures tried (with every guidance scale)
+    # plausibility constraints tried with every guided setting (discrete heads only; see heads/sampling.py)
+    plausibility: tuple[float, ...] = (0.0, 0.05)
     guidance_schedule: str = "constant"
     num_prompts: int = 32  # prompts per setting (the checker's balanced list)
     per_prompt: int = 2
@@ -38,10 +40,10 @@ class TuneConfig:
     LIMITS = {"num_prompts": "[1, 1024]", "per_prompt": "[1, 64]", "seed": "[0, 9.2e18]"}
 
     def check(self) -> None:
-        if not self.guidance or not self.temperature:
-            raise ValueError("tune.guidance and tune.temperature need at least one value each")
-        if any(g < 0 for g in self.guidance) or any(t < 0 for t in self.temperature):
-            raise ValueError("tune.guidance and tune.temperature values must be >= 0")
+        if not self.guidance or not self.temperature or not self.plausibility:
+            raise ValueError("tune.guidance, tune.temperature and tune.plausibility need at least one value each")
+        if any(v < 0 for v in (*self.guidance, *self.temperature, *self.plausibility)) or max(self.plausibility) > 1:
+            raise ValueError("tune values must be >= 0 (and plausibility at most 1)")
 
 
 def metric(score: dict) -> float:
@@ -49,13 +51,24 @@ def metric(score: dict) -> float:
     return float(score["all"]) if "all" in score else -float(score["frechet"])
 
 
+def settings_of(config: TuneConfig, discrete: bool) -> list[dict]:
+    """Every setting the sweep tries: guidance x temperature x plausibility, the last only where it acts
+    (a discrete head, with guidance)."""
+    settings = []
+    for guidance, temperature, plausibility in itertools.product(config.guidance, config.temperature,
+                                                                 config.plausibility if discrete else (0.0,)):
+        setting = {"guidance_scale": guidance, "temperature": temperature,
+                   "guidance_schedule": config.guidance_schedule, "plausibility": plausibility if guidance != 1 else 0.0}
+        if setting not in settings:
+            settings.append(setting)
+    return settings
+
+
 def sweep(pipeline, modality: str, checker, config: TuneConfig, progress: bool = True) -> list[dict]:
-    """Score every (guidance, temperature) of `config` -> one row per setting: its settings and score."""
+    """Score every setting of `config` -> one row per setting: its settings and score."""
     rows = []
-    settings = list(itertools.product(config.guidance, config.temperature))
-    for guidance, temperature in tqdm(settings, desc=f"tuning {modality}", disable=not progress):
-        sampling = {"guidance_scale": guidance, "temperature": temperature,
-                    "guidance_schedule": config.guidance_schedule}
+    discrete = pipeline.spec(modality).kind != "vectors"
+    for sampling in tqdm(settings_of(config, discrete), desc=f"tuning {modality}", disable=not progress):
         score = evaluate(pipeline, modality, num_prompts=config.num_prompts, per_prompt=config.per_prompt,
                          seed=config.seed, checker=checker, **sampling)
         rows.append({"settings": sampling, "score": {k: v for k, v in score.items() if isinstance(v, (int, float))}})
@@ -80,6 +93,7 @@ def tune_sampling(pipeline, config, out: Path, progress: bool = True) -> dict:
         (out / f"{name}.json").write_text(json.dumps({"config": dataclasses.asdict(config.tune), "rows": rows,
                                                       "chosen": best["settings"]}, indent=2) + "\n")
         logger.info("tuning %s: %s -> %s", name,
-                    ", ".join(f"cfg {r['settings']['guidance_scale']:g}/T {r['settings']['temperature']:g}: "
-                              f"{metric(r['score']):.3f}" for r in rows), best["settings"])
+                    ", ".join(f"cfg {r['settings']['guidance_scale']:g}/T {r['settings']['temperature']:g}/"
+                              f"p {r['settings']['plausibility']:g}: {metric(r['score']):.3f}" for r in rows),
+                    best["settings"])
     return chosen
