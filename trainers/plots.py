@@ -24,18 +24,33 @@ def _save(figure, path: Path) -> None:
     _pyplot().close(figure)
 
 
+#: the AR trainer's weighted sums of its per-head validation losses (the per-head series are plotted)
+TOTALS = ("validation/loss", "fit/loss")
+
+
+def _is_loss(key: str) -> bool:
+    return key.startswith("loss") or key in ("mse", "reconstruction")
+
+
 def plot_curves(runs: dict[str, Path], path: Path) -> None:
-    """One panel per run: every `loss/*` (or `loss`/`mse`) series of its metrics.jsonl against the step."""
+    """One panel per run: every `loss/*` (or `loss`/`mse`) series of its metrics.jsonl against the step,
+    and its twins measured on held-out items (`validation/...`, dashed) and on as many training items
+    (`fit/...`, dotted), where the run logged them: the gap between the two is memorising."""
     figure, axes = _pyplot().subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
     for axis, (title, metrics_path) in zip(axes[0], runs.items()):
         records = read_metrics(metrics_path)
-        keys = [k for k in (records[0] if records else {}) if k.startswith("loss") or k in ("mse", "reconstruction")]
+        keys = list(dict.fromkeys(k for r in records for k in r
+                                  if _is_loss(k) or (k.startswith(("validation/", "fit/")) and _is_loss(k.split("/", 1)[1])
+                                                     and k not in TOTALS)))
         for key in keys:
-            axis.plot([r["step"] for r in records], [r[key] for r in records], label=key)
+            points = [(r["step"], r[key]) for r in records if key in r]
+            measured = key.startswith(("validation/", "fit/"))  # EMA weights on held-out / training items
+            axis.plot(*zip(*points), label=key, linestyle={"v": "--", "f": ":"}.get(key[0], "-"),
+                      marker="o" if measured else None, markersize=3)
         axis.set(title=title, xlabel="step", yscale="log")
         axis.grid(alpha=0.3)
         if keys:
-            axis.legend()
+            axis.legend(fontsize=7)
     _save(figure, path)
 
 
