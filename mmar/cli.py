@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--per-prompt", type=_positive_int, default=4)
     evaluate.add_argument("--cfg", type=_finite_float, nargs="+", default=None, metavar="S",
                           help="guidance scale(s); several values sweep them (default: the pipeline's tuned setting)")
+    evaluate.add_argument("--plausibility", type=_finite_float, default=None,
+                          help="guidance plausibility constraint (default: the pipeline's tuned setting)")
     evaluate.add_argument("--data", default=None, metavar="DIR",
                           help="score against the held-out split of this folder instead of the training data's")
     evaluate.add_argument("--cache", default=None, metavar="DIR",
@@ -582,7 +584,8 @@ def _eval(args) -> int:
         head = pipeline.head_of(modality)
         checker = checker_of(pipeline, modality, cache, data)
         for steps, cfg in itertools.product(steps_sweep, cfg_sweep):
-            sampling = {**_steps_option(steps), **({} if cfg is None else {"guidance_scale": cfg})}
+            sampling = {**_steps_option(steps), **({} if cfg is None else {"guidance_scale": cfg}),
+                        **({} if args.plausibility is None else {"plausibility": args.plausibility})}
             scores = evaluate(pipeline, modality, args.num_prompts, args.per_prompt, seed=args.seed, checker=checker,
                               **sampling)
             used = cfg if cfg is not None else pipeline.sampling_defaults(modality)["guidance_scale"]
