@@ -400,11 +400,11 @@ def _quickstart(args) -> int:
         print(f"  {name:<12} {out / name}")
     if args.recipe == "video":
         print(f'\ngenerate more:\n  mmar generate --model {out / "pipeline"} --prompt "a red circle moving left" '
-              f'--num 4 --seed 0 --cfg 3 --fps 8 --out clips.gif')
+              f'--num 4 --seed 0 --fps 8 --out clips.gif')
         return 0
     modality = "" if args.recipe == "single" else f" --modality {next(iter(report['heads']))}"
     print(f'\ngenerate more:\n  mmar generate --model {out / "pipeline"}{modality} --prompt "a red circle at the top '
-          f'left" --num 4 --seed 0 --cfg 3 --out out.png')
+          f'left" --num 4 --seed 0 --out out.png')
     return 0
 
 
