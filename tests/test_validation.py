@@ -154,3 +154,19 @@ def test_small_data_resizes_the_shorthand_but_never_a_given_key(tokenizer_dir):
     assert any(c.startswith("optim.steps 2000 -> ") and "1,400 training items" in c for c in changes)
     big, _ = single_run("runs/x", str(tokenizer_dir), "next_token")
     assert fit_to_data(big, 200_000, given=set()) == [] and big.model.dropout == 0.0  # plenty of data: as is
+
+
+def test_tokenizer_trainer_validates_and_exports_its_best(tmp_path):
+    from trainers.recipes import tiny_tokenizer
+    from trainers.tokenizer import train_tokenizer
+
+    config = tiny_tokenizer("next_token", str(tmp_path / "tok"))
+    config.data = dataclasses.replace(config.data, validation=8)
+    config.optim = dataclasses.replace(config.optim, steps=4)
+    config.run = dataclasses.replace(config.run, validate_every=2)
+    export = train_tokenizer(config)
+    log = [json.loads(line) for line in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["validation/loss"] for r in log if "validation/loss" in r}
+    assert sorted(losses) == [2, 4]
+    record = json.loads((tmp_path / "tok" / "best.json").read_text())
+    assert record["step"] == min(losses, key=losses.get) and (export / "model.safetensors").is_file()

@@ -362,6 +362,9 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
             pipeline = Pipeline.from_pretrained(best.folder, device)
         pipeline.sampling = tune_sampling(pipeline, config, out / "tuning", config.run.progress)
         pipeline.to("cpu").save_pretrained(export)
+        from trainers.plots import plot_curves
+
+        plot_curves({f"AR ({heads})": out / "metrics.jsonl"}, out / "curves.png")  # training, validation and fit
     accelerator.wait_for_everyone()
     return export
 

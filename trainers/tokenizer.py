@@ -4,7 +4,8 @@ Reads raw media from a data source, minimises `tokenizer.training_loss`, keeps E
 checkpoints crash-safely, and exports the EMA tokenizer (calibrated) with a reconstruction report.
 The seeded validation split (`data.validation`, `mmar.data.split`) never trains: every
 `run.validate_every` steps the EMA weights' loss on a fixed batch of it is logged as `validation/*`,
-and the report is measured on all of it.
+the weights with the lowest are kept in `<out>/best/` and exported (`export="best"`), and the
+report is measured on all of the split.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from mmar.data.split import validation_split
 from mmar.evaluation.reconstruction import reconstruction_metrics, reconstruction_grid
 from mmar.images import save_atomic
 from mmar.lock import folder_lock
-from tokenizers_vq import TOKENIZERS
+from tokenizers_vq import TOKENIZERS, load_tokenizer
 from trainers.checkpoint import load_latest, save_checkpoint
 from trainers.divergence import DivergenceGuard, optimizer_tensors
+from trainers.validation import BestCheckpoint
 from trainers.common import (EMA, DataConfig, DataOrder, MetricsLog, OptimConfig, RunConfig,
                              learning_rate, make_accelerator, make_optimizer, rank_slice, record_ranks,
                              restore, seeded_generator)
@@ -47,10 +49,13 @@ class TokenizerTrainConfig:
                                                                     warmup_steps=20, weight_decay=0.0, beta2=0.99))
     run: RunConfig = field(default_factory=lambda: RunConfig(sample_every=200, checkpoint_every=200))
     validation_batch: int = 64  # held-out items in each validation-loss measurement (the report uses them all)
+    export: str = "best"  # the exported weights: "best" (lowest validation loss, kept in <out>/best) or "last"
 
     LIMITS = {"validation_batch": "[1, inf)"}
 
     def check(self) -> None:
+        if self.export not in ("best", "last"):
+            raise ValueError(f'export must be "best" or "last", got {self.export!r}')
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer {self.tokenizer!r} is unknown; known: {', '.join(sorted(TOKENIZERS))}")
         try:
@@ -111,6 +116,7 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
         start = state["restored"]
         logger.info("resumed from %s at step %d", state["path"], start)
     log = MetricsLog(out / "metrics.jsonl", main)
+    best = BestCheckpoint(out, resume)
     guard = DivergenceGuard(config.optim.max_nonfinite, config.optim.loss_spike_factor, out / "checkpoints")
     bar = tqdm(range(start, config.optim.steps), initial=start, total=config.optim.steps, desc="tokenizer",
                disable=not (main and config.run.progress))
@@ -147,7 +153,9 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
                              "images_per_s": rate})
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
         if main and validation_items and (done % config.run.validate_every == 0 or done == config.optim.steps):
-            log.write(done, validation_metrics(config, ema, [source[j][0] for j in validation_items], device))
+            values = validation_metrics(config, ema, [source[j][0] for j in validation_items], device)
+            log.write(done, values)
+            best.offer(done, values, lambda folder: ema_tokenizer(config, ema, device).save_pretrained(folder))
         checkpoint_due |= done % config.run.checkpoint_every == 0 or done == config.optim.steps
         if checkpoint_due and guard.healthy:  # never a checkpoint of a state whose last step was skipped
             checkpoint_due = False
@@ -164,8 +172,10 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
         return out / "checkpoints"
     export = out / "tokenizer"
     if main:
-        final = build_tokenizer(config).to(device)
-        ema.copy_to(final)
+        final = ema_tokenizer(config, ema, device)
+        if config.export == "best" and best.exists:
+            logger.info("tokenizer: exporting the best validation step %d (loss %.4g)", best.step, best.loss)
+            final = load_tokenizer(best.folder).to(device)
         if not len(held_out_items):
             raise ValueError(f"data.validation is {config.data.validation}: nothing is held out to report on; "
                              "set it above 0 (and use at least 5 items)")
@@ -181,10 +191,16 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
 
 
 
+def ema_tokenizer(config: TokenizerTrainConfig, ema: EMA, device):
+    """A fresh tokenizer holding the EMA weights, in eval mode (the training one is untouched)."""
+    model = build_tokenizer(config).to(device).eval()
+    ema.copy_to(model)
+    return model
+
+
 @torch.no_grad()
 def validation_metrics(config: TokenizerTrainConfig, ema: EMA, items: list[torch.Tensor], device) -> dict[str, float]:
     """The EMA weights' training loss and metrics on held-out items (eval mode) -> {"validation/<name>": value}."""
-    model = build_tokenizer(config).to(device).eval()
-    ema.copy_to(model)
+    model = ema_tokenizer(config, ema, device)
     result = model.training_loss(torch.stack(items).to(device), seeded_generator(config.run.seed, 0, 0, device))
     return {"validation/loss": float(result.loss), **{f"validation/{k}": float(v) for k, v in result.metrics.items()}}

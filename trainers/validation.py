@@ -70,7 +70,8 @@ class Validator:
 
 
 class BestCheckpoint:
-    """The pipeline with the lowest validation loss so far: `<out>/best/` and its record `<out>/best.json`.
+    """The weights with the lowest validation loss so far (a pipeline or a tokenizer folder, both saved
+    atomically): `<out>/best/` and its record `<out>/best.json`.
 
     The folder is written first, then the record, each atomically: after a kill between the two the
     record names an older step with a higher loss, so the folder is never worse than its record says.
@@ -90,7 +91,7 @@ class BestCheckpoint:
 
     @property
     def exists(self) -> bool:
-        return self.step is not None and (self.folder / "pipeline.json").is_file()
+        return self.step is not None and self.folder.is_dir()  # written atomically: there means complete
 
     def offer(self, step: int, values: dict[str, float], save: Callable[[Path], object]) -> bool:
         """Keep this step if its validation loss is the lowest yet: `save(folder)` writes the pipeline."""
