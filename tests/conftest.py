@@ -61,3 +61,14 @@ def tiny_pipeline(head: str, seed: int = 0):
     config = MMARConfig(backbone, [spec], {"text": HeadChoice(), "image": HeadChoice(head)})
     text = TOKENIZERS["text"](TOKENIZERS["text"].Config())
     return Pipeline(MMAR(config).eval(), {"text": text, "image": tokenizer})
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """An untrained (seeded) image VQ tokenizer folder: what the AR-trainer tests train on."""
+    from tokenizers_vq import TOKENIZERS
+
+    path = tmp_path_factory.mktemp("tok") / "tokenizer"
+    torch.manual_seed(0)
+    TOKENIZERS["image_vq"](TOKENIZERS["image_vq"].Config(base_channels=16)).save_pretrained(path)
+    return path

@@ -18,14 +18,6 @@ from trainers.recipes import tiny_ar, tiny_tokenizer
 from trainers.tokenizer import train_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    torch.manual_seed(0)
-    TOKENIZERS["image_vq"](TOKENIZERS["image_vq"].Config(base_channels=16)).save_pretrained(path)
-    return path
-
-
 def _config(out, tokenizer_dir, steps=6, **run):
     config = tiny_ar("next_token", str(out), str(tokenizer_dir))
     image = config.modalities["image"]

@@ -13,20 +13,11 @@ from mmar.data.split import validation_split, validation_size
 from mmar.generate import SamplingConfig
 from mmar.images import to_pil
 from mmar.pipeline import SAMPLING_DEFAULTS, Pipeline
-from tokenizers_vq import TOKENIZERS
 from trainers.ar import train_ar
 from trainers.common import OptimConfig, RunConfig
 from trainers.recipes import tiny_ar
 from trainers.tune import TuneConfig, metric
 from trainers.validation import memorising
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    torch.manual_seed(0)
-    TOKENIZERS["image_vq"](TOKENIZERS["image_vq"].Config(base_channels=16)).save_pretrained(path)
-    return path
 
 
 def test_split_is_disjoint_complete_and_seeded():
