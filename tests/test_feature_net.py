@@ -78,7 +78,8 @@ def test_class_names_rule():
     assert class_names(["a", "b", "a", "b", "a"]) is None  # "b" only twice: nothing to test it on
     assert class_names(["a"] * 5) is None  # one class is no classification
     assert class_names(all_captions() * 3) is None  # the shapes grammar: 120 captions, more than 100
-    assert class_names(["a photo of a bag"] * 3 + ["a photo of a coat"] * 3) == ["a photo of a bag", "a photo of a coat"]
+    bag, coat = "a photo of a bag", "a photo of a coat"
+    assert class_names([coat, bag] * 3) == [bag, coat]
 
 
 # --- Fréchet distance and precision / recall: exact cases and errors ---------------------------------

@@ -92,6 +92,7 @@ class FeatureNet(nn.Module):
     an abnormal input (noise) keeps abnormal activations and lands far from every real image; a
     GroupNorm net normalised noise's energy away and mapped it inside the real manifold (precision
     0.99 for uniform noise on Fashion-MNIST, 0.00 with BatchNorm).
+
     The layers are built on the meta device, so no default initialisation draws from the global
     RNG; `reset_parameters(generator)` then fills every weight.
     """
@@ -269,7 +270,8 @@ def train_feature_net(images: torch.Tensor, captions: list[str], *, seed: int = 
     """
     _check_items(images, captions)
     if steps < 1 or batch_size < 1 or not learning_rate > 0:
-        raise ValueError(f"steps, batch_size and learning_rate must be positive, got {steps}, {batch_size}, {learning_rate}")
+        raise ValueError(f"steps, batch_size and learning_rate must be positive, "
+                         f"got {steps}, {batch_size}, {learning_rate}")
     start = time.perf_counter()
     images = images.detach().float().cpu()  # (N, 3, S, S)
     classes = class_names(captions)
