@@ -355,11 +355,12 @@ def _train_ar(config: ARTrainConfig, accelerator, resume: bool) -> Path:
         return out / "checkpoints"
     export = out / "pipeline"
     if main:
-        pipeline = ema_pipeline(config, tokenizers, ema, device)
         if config.export == "best" and best.exists:
             logger.info("exporting the best validation step %d (loss %.4f; the last step's: %.4f)", best.step,
                         best.loss, history[-1][1] if history else float("nan"))
             pipeline = Pipeline.from_pretrained(best.folder, device)
+        else:
+            pipeline = ema_pipeline(config, tokenizers, ema, device)
         pipeline.sampling = tune_sampling(pipeline, config, out / "tuning", config.run.progress)
         pipeline.to("cpu").save_pretrained(export)
         from trainers.plots import plot_curves
