@@ -39,14 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer"
-    torch.manual_seed(0)
-    TOKENIZERS["image_vq"](TOKENIZERS["image_vq"].Config(base_channels=8)).save_pretrained(path)
-    return path
-
-
 def _config(out, tokenizer_dir, steps=6, **run) -> ARTrainConfig:
     config = tiny_ar("next_token", str(out), str(tokenizer_dir))
     image = config.modalities["image"]
