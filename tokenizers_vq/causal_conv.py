@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, reduce
 from torch import nn
 
 from tokenizers_vq.conv import group_norm, level_widths
@@ -101,22 +101,66 @@ class CausalResnetBlock(nn.Module):
 
 
 class CausalUpsample(nn.Module):
-    """x2 nearest in space and, if `in_time`, 1 + 2 (T - 1) frames in time, then a causal conv.
+    """x2 nearest in space (if `in_space`) and, if `in_time`, 1 + 2 (T - 1) frames in time, then a causal conv.
 
-    (B, C_in, T, H, W) -> (B, C_out, T' , 2H, 2W). In time every frame but the first is doubled, so
+    (B, C_in, T, H, W) -> (B, C_out, T', H', W'). In time every frame but the first is doubled, so
     the first latent frame still makes exactly one output frame (the image path).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, temporal_kernel: int, in_time: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, temporal_kernel: int, in_time: bool,
+                 in_space: bool = True) -> None:
         super().__init__()
-        self.in_time = in_time
+        self.in_time, self.in_space = in_time, in_space
         self.conv = CausalConv3d(in_channels, out_channels, temporal_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_time:
             x = torch.cat([x[:, :, :1], x[:, :, 1:].repeat_interleave(2, dim=2)], dim=2)  # (B, C, 2T-1, H, W)
-        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")  # (B, C, T', 2H, 2W)
-        return self.conv(x)  # (B, C_out, T', 2H, 2W)
+        if self.in_space:
+            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")  # (B, C, T', 2H, 2W)
+        return self.conv(x)  # (B, C_out, T', H', W')
+
+
+class TimeToChannel(nn.Module):
+    """Fold each group of `factor` frames into channels, causally: (B, C, 1 + factor k, H, W) -> (B, C, 1 + k, H, W).
+
+    Frame 0 forms group 0 on its own (repeated), frames factor (j - 1) + 1 .. factor j form group j,
+    so group j never sees a later frame. Out = a 1x1x1 projection of the folded (factor C) channels
+    plus the mean of the group's frames: DC-AE's residual autoencoding (Chen et al. 2024,
+    arXiv:2410.10733), space-to-channel with a non-parametric shortcut, applied to time. Unlike a
+    strided temporal convolution, whose averaging start throws away the motion inside a group, the
+    projection reads every frame of the group from the first step.
+    """
+
+    def __init__(self, channels: int, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.proj = nn.Conv3d(factor * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = x[:, :, :1].expand(-1, -1, self.factor - 1, -1, -1)  # (B, C, factor-1, H, W)
+        x = torch.cat([first, x], dim=2)  # (B, C, factor (1 + k), H, W)
+        folded = rearrange(x, "b c (t f) h w -> b (f c) t h w", f=self.factor)  # (B, factor C, 1 + k, H, W)
+        shortcut = reduce(x, "b c (t f) h w -> b c t h w", "mean", f=self.factor)  # (B, C, 1 + k, H, W)
+        return self.proj(folded) + shortcut  # (B, C, 1 + k, H, W)
+
+
+class ChannelToTime(nn.Module):
+    """The inverse fold: (B, C, 1 + k, H, W) -> (B, C, 1 + factor k, H, W); group j makes frames of group j only.
+
+    A 1x1x1 projection to factor C channels, unfolded into `factor` frames, plus each group's input
+    repeated over its frames (DC-AE's channel-to-space shortcut, in time); group 0 keeps one frame.
+    """
+
+    def __init__(self, channels: int, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.proj = nn.Conv3d(channels, factor * channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = rearrange(self.proj(x), "b (f c) t h w -> b c (t f) h w", f=self.factor)  # (B, C, factor (1+k), H, W)
+        frames = frames + x.repeat_interleave(self.factor, dim=2)  # (B, C, factor (1 + k), H, W)
+        return frames[:, :, self.factor - 1:]  # (B, C, 1 + factor k, H, W) group 0 is frame 0 alone
 
 
 def temporal_levels(num_downsamples: int, num_temporal_downsamples: int) -> list[bool]:
@@ -131,25 +175,37 @@ class CausalEncoder(nn.Module):
     """clips (B, C_in, F, H, W) -> features (B, C_out, 1 + (F - 1) / 2**Dt, H / 2**D, W / 2**D).
 
     `tokenizers_vq.conv.Encoder` with causal 3-D convolutions: one level per channel multiplier,
-    `num_res_blocks` blocks per level, a strided downsample between levels (D = levels - 1), the
-    first `num_temporal_downsamples` (Dt) of which also stride 2 in time.
+    `num_res_blocks` blocks per level, a strided downsample between levels (D = levels - 1).
+    Time is compressed Dt = `num_temporal_downsamples` times by a stride-2 causal convolution:
+
+    - `time_at_latent` (the default layout): the spatial levels are per-frame 2-D convolutions, and
+      at the token resolution `TimeToChannel` folds each group of 2**Dt frames into channels; the
+      causal 3-D blocks after it mix the groups. Space first, time second, as factorised video
+      autoencoders do; the fold keeps the motion inside a group readable from the first step;
+    - otherwise every convolution is 3-D and the first Dt spatial downsamples also stride in time
+      (MAGVIT-v2's layout).
     """
 
     def __init__(self, in_channels: int, base_channels: int, channel_multipliers: tuple[int, ...],
-                 num_res_blocks: int, out_channels: int, num_temporal_downsamples: int, temporal_kernel: int) -> None:
+                 num_res_blocks: int, out_channels: int, num_temporal_downsamples: int, temporal_kernel: int,
+                 time_at_latent: bool = False) -> None:
         super().__init__()
         widths = level_widths(base_channels, channel_multipliers)
         in_time = temporal_levels(len(widths) - 1, num_temporal_downsamples)
-        self.conv_in = CausalConv3d(in_channels, widths[0], temporal_kernel)
+        spatial_kernel = 1 if time_at_latent else temporal_kernel  # temporal kernel of the spatial levels
+        self.conv_in = CausalConv3d(in_channels, widths[0], spatial_kernel)
         blocks: list[nn.Module] = []
         current = widths[0]
         for level, width in enumerate(widths):
             for _ in range(num_res_blocks):
-                blocks.append(CausalResnetBlock(current, width, temporal_kernel))
+                blocks.append(CausalResnetBlock(current, width, spatial_kernel))
                 current = width
             if level < len(widths) - 1:
-                blocks.append(CausalConv3d(current, current, temporal_kernel, time_stride=2 if in_time[level] else 1,
+                time_stride = 2 if in_time[level] and not time_at_latent else 1
+                blocks.append(CausalConv3d(current, current, max(spatial_kernel, time_stride), time_stride=time_stride,
                                            space_stride=2))
+        if time_at_latent and num_temporal_downsamples:
+            blocks.append(TimeToChannel(current, 2**num_temporal_downsamples))
         blocks.append(CausalResnetBlock(current, current, temporal_kernel))  # middle block
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = FrameGroupNorm(current)
@@ -164,28 +220,35 @@ class CausalEncoder(nn.Module):
 class CausalDecoder(nn.Module):
     """features (B, C_in, t, h, w) -> clips (B, C_out, 1 + (t - 1) * 2**Dt, h * 2**D, w * 2**D), unclamped.
 
-    The mirror of `CausalEncoder`: the coarsest levels upsample in time last-first, so the level that
-    halved time in the encoder doubles it here.
+    The mirror of `CausalEncoder`: with `time_at_latent`, time is restored first, at the token
+    resolution (`ChannelToTime`), then per-frame 2-D levels upsample space; otherwise the coarsest levels upsample in
+    time last-first, so the level that halved time in the encoder doubles it here.
     """
 
     def __init__(self, in_channels: int, base_channels: int, channel_multipliers: tuple[int, ...],
-                 num_res_blocks: int, out_channels: int, num_temporal_downsamples: int, temporal_kernel: int) -> None:
+                 num_res_blocks: int, out_channels: int, num_temporal_downsamples: int, temporal_kernel: int,
+                 time_at_latent: bool = False) -> None:
         super().__init__()
         widths = level_widths(base_channels, channel_multipliers)
         in_time = temporal_levels(len(widths) - 1, num_temporal_downsamples)
+        spatial_kernel = 1 if time_at_latent else temporal_kernel
         current = widths[-1]
         self.conv_in = CausalConv3d(in_channels, current, temporal_kernel)
         blocks: list[nn.Module] = [CausalResnetBlock(current, current, temporal_kernel)]  # middle block
+        if time_at_latent and num_temporal_downsamples:
+            blocks.append(CausalResnetBlock(current, current, temporal_kernel))
+            blocks.append(ChannelToTime(current, 2**num_temporal_downsamples))
         for level in reversed(range(len(widths))):
             for _ in range(num_res_blocks):
-                blocks.append(CausalResnetBlock(current, widths[level], temporal_kernel))
+                blocks.append(CausalResnetBlock(current, widths[level], spatial_kernel))
                 current = widths[level]
             if level > 0:
-                blocks.append(CausalUpsample(current, widths[level - 1], temporal_kernel, in_time[level - 1]))
+                blocks.append(CausalUpsample(current, widths[level - 1], spatial_kernel,
+                                             in_time[level - 1] and not time_at_latent))
                 current = widths[level - 1]
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = FrameGroupNorm(current)
-        self.conv_out = CausalConv3d(current, out_channels, temporal_kernel)
+        self.conv_out = CausalConv3d(current, out_channels, spatial_kernel)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(features)  # (B, widths[-1], t, h, w)

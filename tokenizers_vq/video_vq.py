@@ -46,6 +46,9 @@ class VideoVQConfig:
     num_downsamples: int = 2  # tokens are 2**num_downsamples pixels apart: 32x32 -> 8x8
     num_temporal_downsamples: int = 2  # later frames compressed 2**n in time: 9 frames -> 3 token frames
     temporal_kernel: int = 3  # frames each causal convolution sees (itself and kernel - 1 before it)
+    # True: per-frame 2-D convolutions at the spatial levels, time folded into channels and mixed at
+    # the token resolution only (learns the motion far faster); False: 3-D convolutions everywhere
+    time_at_latent: bool = True
     bottleneck: str = "fsq"  # "fsq" | "vq" (codes, next_token) | "kl" (continuous latents, flow_matching)
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # fsq: levels per channel (codebook = their product)
     codebook_size: int = 512  # vq: number of codes
@@ -81,7 +84,7 @@ class VideoVQ(Tokenizer):
         encoder_out = 2 * config.latent_channels if config.bottleneck == "kl" else hidden  # kl: mean, log-variance
         decoder_in = config.latent_channels if config.bottleneck == "kl" else hidden
         wiring = (config.base_channels, config.channel_multipliers, config.num_res_blocks)
-        timing = (config.num_temporal_downsamples, config.temporal_kernel)
+        timing = (config.num_temporal_downsamples, config.temporal_kernel, config.time_at_latent)
         self.encoder = CausalEncoder(config.channels, *wiring, encoder_out, *timing)
         self.decoder = CausalDecoder(decoder_in, *wiring, config.channels, *timing)
         if config.bottleneck == "vq":

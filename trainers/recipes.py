@@ -5,8 +5,7 @@ latent grid: measured, a tokenizer in 1.5-2.5 minutes and the AR model in 4 (nex
 (next_scale) or 9 (flow_matching) minutes. The joint recipe trains the three image tokenizers and
 ONE backbone over all three heads at once, with captioning mixed in. The video recipe trains the
 causal video tokenizer and one head on moving-shape clips: 9 frames of 32x32, a (3, 8, 8) grid of
-192 tokens per clip (the tokenizer itself trains on 5-frame clips, half the cost: its causal
-convolutions are the same for any 1 + 4k frames). The audio recipe trains the RVQ codec on
+192 tokens per clip (the tokenizer first trains on single frames, then on clips). The audio recipe trains the RVQ codec on
 procedural notes (1 s clips) and the backbone on its 4 levels in the delay (default) or flat pattern.
 """
 
@@ -29,8 +28,8 @@ JOINT_VIDEO_RUNS = {**JOINT_RUNS, "video": "next_token"}
 RECIPES = ("single", "joint", "video", "joint_video", "audio", "speech")
 #: the video tokenizer's bottleneck for each head it serves
 VIDEO_BOTTLENECK = {"next_token": "fsq", "flow_matching": "kl"}
-#: the video recipe's clips: frames per clip for the model (and the report); the tokenizer trains on fewer
-VIDEO_FRAMES, VIDEO_TOKENIZER_FRAMES = 9, 5
+#: the video recipe's clips: frames per clip, for the tokenizer and the model
+VIDEO_FRAMES = 9
 #: the audio recipe's clips: procedural notes, 1 s at 16 kHz (50 codec frames of 4 levels)
 AUDIO_SECONDS = 1.0
 
@@ -83,20 +82,24 @@ def joint_ar(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
 
 
 def video_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
-    """The causal video tokenizer (FSQ codes for next_token, KL latents for flow_matching) on moving shapes."""
+    """The causal video tokenizer (FSQ codes for next_token, KL latents for flow_matching) on moving shapes.
+
+    The first 400 steps train on single frames, 64 a step (an image is a one-frame clip), the last
+    400 on whole 9-frame clips: measured on 5-frame clips, 300 frame steps then 100 clip steps reach
+    19.6 dB (FSQ) where 450 clip steps alone stall at 16.3 dB, the mean blob.
+    """
     if head not in VIDEO_BOTTLENECK:
         raise ValueError(f"the video recipe has heads {sorted(VIDEO_BOTTLENECK)}, not {head!r}")
     return TokenizerTrainConfig(
         out=out,
         tokenizer="video_vq",
-        tokenizer_config={"bottleneck": VIDEO_BOTTLENECK[head], "fsq_levels": (8, 5, 5)},
-        data=DataConfig(source="moving_shapes", size=32, num_frames=VIDEO_TOKENIZER_FRAMES, num_items=8_000, seed=0,
+        tokenizer_config={"bottleneck": VIDEO_BOTTLENECK[head], "fsq_levels": (8, 5, 5, 5)},
+        data=DataConfig(source="moving_shapes", size=32, num_frames=VIDEO_FRAMES, num_items=8_000, seed=0,
                         validation=128),
-        # Half the image tokenizer's 2e-3: Adam moves each of a causal conv's 3 temporal slices by about
-        # the learning rate, so on near-static clips a 3-D kernel changes ~3x as fast as a 2-D one.
-        optim=OptimConfig(steps=320, batch_size=16, learning_rate=1e-3, warmup_steps=20, weight_decay=0.0,
+        optim=OptimConfig(steps=800, batch_size=16, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
                           beta2=0.99, ema_beta=0.99),
-        run=RunConfig(log_every=10, sample_every=0, checkpoint_every=160),
+        run=RunConfig(log_every=10, sample_every=0, checkpoint_every=400),
+        image_steps=400,
     )
 
 
@@ -118,6 +121,7 @@ def tiny_video_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
     config.optim = OptimConfig(steps=2, batch_size=8, warmup_steps=1)
     config.run = RunConfig(log_every=1, sample_every=0, checkpoint_every=2, progress=False)
     config.data.validation = 8
+    config.image_steps, config.image_batch_size = 1, 8
     return config
 
 

@@ -50,8 +50,13 @@ class TokenizerTrainConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(sample_every=200, checkpoint_every=200))
     validation_batch: int = 64  # held-out items in each validation-loss measurement (the report uses them all)
     export: str = "best"  # the exported weights: "best" (lowest validation loss, kept in <out>/best) or "last"
+    # Video tokenizers: the first `image_steps` of optim.steps train on single frames of the clips,
+    # `image_batch_size` a step (one-frame clips: an image), then on whole clips. The spatial layers
+    # learn at an image tokenizer's pace first, and the clips then only teach the motion.
+    image_steps: int = 0
+    image_batch_size: int = 64
 
-    LIMITS = {"validation_batch": "[1, inf)"}
+    LIMITS = {"validation_batch": "[1, inf)", "image_steps": "[0, inf)", "image_batch_size": "[1, inf)"}
 
     def check(self) -> None:
         if self.export not in ("best", "last"):
@@ -62,6 +67,12 @@ class TokenizerTrainConfig:
             tokenizer_config(self)
         except (ValueError, TypeError) as error:
             raise ValueError(f"tokenizer_config: {error}") from error
+        if self.image_steps and TOKENIZERS[self.tokenizer].modality != "video":
+            raise ValueError(f"image_steps trains a video tokenizer on single frames; {self.tokenizer} is not one "
+                             "(set image_steps=0)")
+        if self.image_steps >= self.optim.steps:
+            raise ValueError(f"image_steps ({self.image_steps}) must leave some of optim.steps ({self.optim.steps}) "
+                             "for whole clips")
 
 
 def tokenizer_config(config: TokenizerTrainConfig) -> Any:
@@ -126,12 +137,15 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config.optim)
         generator = seeded_generator(config.run.seed, step, accelerator.process_index, device)
-        micro_batches = rank_slice(order.take(config.optim.batch_size), accelerator.process_index,
-                                   accelerator.num_processes, config.optim.grad_accum)
+        on_frames = step < config.image_steps
+        micro_batches = rank_slice(order.take(config.image_batch_size if on_frames else config.optim.batch_size),
+                                   accelerator.process_index, accelerator.num_processes, config.optim.grad_accum)
         metrics: dict[str, float] = {}
         step_loss = torch.zeros((), device=device)
         for i, indices in enumerate(micro_batches):
             items = torch.stack([source[train_items[j]][0] for j in indices]).to(device)  # (b, *data_shape)
+            if on_frames:
+                items = one_frame_each(items, generator)  # (b, 1, C, H, W)
             sync = accelerator.no_sync(tokenizer) if i < len(micro_batches) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 result = tokenizer(items, generator)  # forward = training_loss, through DDP when distributed
@@ -189,6 +203,12 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
     accelerator.wait_for_everyone()
     return export
 
+
+
+def one_frame_each(clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """clips (b, F, C, H, W) -> one frame of each, drawn with `generator`, as a one-frame clip (b, 1, C, H, W)."""
+    frames = torch.randint(clips.shape[1], (clips.shape[0],), generator=generator, device=generator.device)  # (b,)
+    return clips[torch.arange(clips.shape[0], device=clips.device), frames.to(clips.device)][:, None]
 
 
 def ema_tokenizer(config: TokenizerTrainConfig, ema: EMA, device):
