@@ -84,3 +84,32 @@ def test_kl_calibration_sets_unit_scale():
     with torch.no_grad():
         latents = tokenizer.encode(data)  # (4, 2, 8, 8, C)
     assert latents.shape[-1] == tokenizer.latent_channels and abs(float(latents.std()) - 1.0) < 0.05
+
+
+def test_image_steps_train_on_single_frames_and_are_checked():
+    from mmar.config import validate
+    from trainers.common import DataConfig, OptimConfig
+    from trainers.tokenizer import TokenizerTrainConfig, one_frame_each
+
+    data = clips(4, 5)  # (4, 5, 3, 32, 32)
+    frames = one_frame_each(data, torch.Generator().manual_seed(0))  # (4, 1, 3, 32, 32)
+    again = one_frame_each(data, torch.Generator().manual_seed(0))
+    assert frames.shape == (4, 1, 3, 32, 32) and torch.equal(frames, again)
+    assert all(any(torch.equal(frames[i, 0], data[i, f]) for f in range(5)) for i in range(4))
+    video = DataConfig(source="moving_shapes", size=32, num_frames=5, num_items=16)
+    validate(TokenizerTrainConfig(tokenizer="video_vq", data=video, optim=OptimConfig(steps=4), image_steps=2))
+    with pytest.raises(ValueError, match="must leave some of optim.steps"):
+        validate(TokenizerTrainConfig(tokenizer="video_vq", data=video, optim=OptimConfig(steps=4), image_steps=4))
+    with pytest.raises(ValueError, match="is not one"):
+        validate(TokenizerTrainConfig(tokenizer="image_vq", data=DataConfig(num_items=16), image_steps=2))
+
+
+def test_folded_layout_keeps_every_frame_of_a_group():
+    """TimeToChannel reads each frame of a group: the tokens change when any one of them does (no averaging)."""
+    tokenizer = tiny("kl")
+    original = clips(1, 5)  # (1, 5, 3, 32, 32)
+    with torch.no_grad():
+        base = tokenizer.encode(original)  # (1, 2, 8, 8, C)
+        swapped = original.clone()
+        swapped[:, [2, 3]] = original[:, [3, 2]]  # same frames, other order: a mean of the group cannot tell
+        assert not torch.allclose(tokenizer.encode(swapped)[:, 1], base[:, 1])
