@@ -82,6 +82,18 @@ def test_guard_skips_nonfinite_steps_and_spikes_then_stops(tmp_path):
         guard.check_state(7, {"weights": [torch.ones(3)], "EMA": [torch.tensor([1.0, math.nan])]})
 
 
+def test_a_new_phase_measures_spikes_against_its_own_steps(tmp_path):
+    guard = DivergenceGuard(max_skipped=3, loss_spike_factor=5.0, checkpoints=tmp_path)
+    one = torch.tensor(1.0)
+    for step in range(MIN_HISTORY):
+        assert guard.allow(step, one, torch.tensor(0.01))
+    assert not guard.allow(100, one, torch.tensor(0.2))  # single frames -> clips: 20x, a spike in the old phase
+    guard.new_phase()
+    for step in range(MIN_HISTORY):
+        assert guard.allow(101 + step, one, torch.tensor(0.2))
+    assert not guard.allow(200, one, torch.tensor(2.0))  # the rule is back, on the new phase's median
+
+
 def test_a_blow_up_never_reaches_a_checkpoint_and_resume_continues_from_the_last_good_one(tmp_path, tokenizer_dir):
     out = tmp_path / "run"
     assert train_ar(_config(out, tokenizer_dir, stop_at=4)) == out / "checkpoints"

@@ -59,6 +59,11 @@ class DivergenceGuard:
         """True when the last step was applied: the state may be checkpointed."""
         return self.in_a_row == 0
 
+    def new_phase(self) -> None:
+        """The loss changes scale on purpose (a video tokenizer moves from single frames to clips): a
+        spike is measured against the new phase's own steps only."""
+        self.history.clear()
+
     def allow(self, step: int, grad_norm: torch.Tensor, loss: torch.Tensor) -> bool:
         """True when step `step` may be applied; raises `Divergence` after too many skipped in a row."""
         loss_value = float(loss)

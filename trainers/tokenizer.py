@@ -138,6 +138,8 @@ def _train_tokenizer(config: TokenizerTrainConfig, accelerator, resume: bool) ->
             group["lr"] = learning_rate(step, config.optim)
         generator = seeded_generator(config.run.seed, step, accelerator.process_index, device)
         on_frames = step < config.image_steps
+        if step == config.image_steps and step:
+            guard.new_phase()  # a clip's loss is several times a frame's: not a spike
         micro_batches = rank_slice(order.take(config.image_batch_size if on_frames else config.optim.batch_size),
                                    accelerator.process_index, accelerator.num_processes, config.optim.grad_accum)
         metrics: dict[str, float] = {}
