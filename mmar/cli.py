@@ -426,6 +426,11 @@ def _train_tokenizer(args) -> int:
     # The tokenizer's medium's built-in procedural source is the default (`--set data.source=...` picks another).
     data = DataConfig(source=PROCEDURAL_SOURCES.get(TOKENIZERS[args.tokenizer].modality, DataConfig.source))
     config = apply_overrides(TokenizerTrainConfig(out=args.out, tokenizer=args.tokenizer, data=data), args.overrides)
+    given = {override.split("=", 1)[0].strip() for override in args.overrides}
+    if TOKENIZERS[args.tokenizer].modality == "video" and "image_steps" not in given:
+        config.image_steps = config.optim.steps // 2  # clips alone stall at the mean blob (README, Video)
+        print(f"video tokenizer: the first {config.image_steps} of {config.optim.steps} steps train on single "
+              "frames; --set image_steps=0 to train on whole clips only")
     print(f"tokenizer written to {train_tokenizer(config, resume=args.resume)}")
     return 0
 

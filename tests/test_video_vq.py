@@ -113,3 +113,19 @@ def test_folded_layout_keeps_every_frame_of_a_group():
         swapped = original.clone()
         swapped[:, [2, 3]] = original[:, [3, 2]]  # same frames, other order: a mean of the group cannot tell
         assert not torch.allclose(tokenizer.encode(swapped)[:, 1], base[:, 1])
+
+
+def test_train_tokenizer_command_starts_a_video_tokenizer_on_frames(tmp_path, capsys):
+    import json
+
+    from mmar.cli import main
+
+    out = tmp_path / "video"
+    settings = ["optim.steps=4", "optim.batch_size=4", "image_batch_size=4", "data.size=16", "data.num_frames=5",
+                "data.num_items=24", "data.validation=4", "run.progress=false", "run.checkpoint_every=4",
+                "tokenizer_config.base_channels=8", "tokenizer_config.channel_multipliers=[1, 1, 2]"]
+    assert main(["train-tokenizer", "--tokenizer", "video_vq", "--out", str(out),
+                 *[item for setting in settings for item in ("--set", setting)]]) == 0
+    assert "the first 2 of 4 steps train on single frames" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["image_steps"] == 2
+    assert (out / "tokenizer" / "model.safetensors").is_file()
