@@ -223,7 +223,7 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
     def at(values, i):
         return None if values is None else values[i]
 
-    noise = head.draw_noise(num_rows, generator, device, dtype)
+    noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, Q, 1) uniforms or (N, C) normals
     token = steps.first(sequence.last_hidden, at(guidance, 0), noise, holes[0])  # (N, ...)
     drawn = [token]
     if progress is not None:
@@ -231,7 +231,7 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
 
     def advance(i: int, token: torch.Tensor) -> torch.Tensor:
         """Feed position i-1's token, draw position i's (N, ...)."""
-        noise = head.draw_noise(num_rows, generator, device, dtype)  # outside the step: it stays pure
+        noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, ...): drawn outside, so the step stays pure
         token = steps.causal(token, slots[i - 1:i], positions[:, i - 1:i], at(guidance, i), noise, holes[i])
         drawn.append(steps.keep(token))  # (N, ...)
         if progress is not None:
@@ -256,13 +256,13 @@ def _fill_scales(model, sequence, spec, start, config, generator, steps, progres
     num_rows = len(start) // (2 if config.guided else 1)
     positions = scale_positions(scales, spec.grid, start)  # (B, L, 3)
     guidance = _guidance(config, len(scales), device)  # (K,) or None
-    noise = head.draw_noise(num_rows, generator, device, dtype)
+    noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, 1, 1)
     codes = steps.first(sequence.last_hidden, None if guidance is None else guidance[0], noise, None)[:, None]  # (N, 1)
     if progress is not None:
         progress(1, len(scales))
     offset = 1
     for k, (h, w) in enumerate(scales[1:], start=1):
-        noise = head.draw_noise(num_rows * h * w, generator, device, dtype)
+        noise = head.draw_noise(num_rows * h * w, generator, device, dtype)  # (N*h*w, 1, 1)
         codes = steps.scale(k, codes, sequence.take(h * w), positions[:, offset:offset + h * w],
                             None if guidance is None else guidance[k], noise)  # (N, offset + h*w)
         offset += h * w
