@@ -133,9 +133,11 @@ def outside_compiled_share(fn) -> float:
     return round(max(0.0, 1.0 - inside / loop), 3) if loop else float("nan")
 
 
-def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 16), compile_step=False) -> list[dict]:
+def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 16), compile_step=False,
+                on_row=None) -> list[dict]:
     """Per head and batch: eager images/s; with `compile_step` also compiled images/s (timed
-    interleaved with eager), the warm-up seconds and the share of the loop outside the compiled step."""
+    interleaved with eager), the warm-up seconds and the share of the loop outside the compiled step.
+    `on_row(row)` sees each row as soon as it is measured (a compiled row takes minutes on CPU)."""
     rows = []
     for head in ("next_token", "next_scale", "flow_matching"):
         if compile_step:
@@ -168,6 +170,8 @@ def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 1
             else:
                 row["images_per_s"] = round(batch / _timed(lambda: run(False), repeats, device), 2)
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
 
 
@@ -221,15 +225,18 @@ def run_bench(quick: bool = False, device: str | None = None, out: str | None = 
     batches = (1, 4) if quick else (1, 16)
     if compile_step:
         print("  compiling each head's decode step on first use (warm-up; tens of seconds each on CPU) ...", flush=True)
-    results["heads"] = bench_heads(backbone, device, repeats, batches=batches, compile_step=compile_step)
-    for row in results["heads"]:
+
+    def print_row(row: dict) -> None:
         velocity = f", {row['velocity_net_calls_per_image']} velocity-net calls" if "velocity_net_calls_per_image" in row else ""
         print(f"  {row['head']:<14} batch {row['batch']:>2}: {row['images_per_s']:>7} images/s eager "
-              f"({row['transformer_calls_per_image']} transformer calls/image{velocity}, CFG 3)")
+              f"({row['transformer_calls_per_image']} transformer calls/image{velocity}, CFG 3)", flush=True)
         if compile_step:
             print(f"  {'':<14}           {row['compiled_images_per_s']:>7} images/s compiled ({row['compiled_vs_eager']}x "
                   f"eager), {row['outside_compiled_share']:.0%} of the loop outside the compiled step, "
-                  f"warm-up {row['warmup_s']} s")
+                  f"warm-up {row['warmup_s']} s", flush=True)
+
+    results["heads"] = bench_heads(backbone, device, repeats, batches=batches, compile_step=compile_step,
+                                   on_row=print_row)
     results["training"] = bench_training(backbone, device, 2 if quick else 5)
     print(f"  training ({results['training']['precision']}, batch {results['training']['batch']}): "
           f"{results['training']['tokens_per_s']} tokens/s" +
