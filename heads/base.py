@@ -7,7 +7,12 @@ A head sees flat hidden states only (no sequences, masks or modalities):
   The trainer divides the summed loss by the global count (over heads, micro-batches and ranks).
 - `sample(hidden, *, guidance_scale, temperature, top_k, top_p, generator, **options)
   -> (N, *target_shape)`. With guidance (`guidance_scale != 1`) `hidden` is (2N, D): rows [:N]
-  conditional, rows [N:] unconditional, and the head mixes them itself.
+  conditional, rows [N:] unconditional, and the head mixes them itself. A 0-d tensor guidance scale
+  always guides: the compiled decode step passes each step's scale as data.
+- `draw_noise(num_rows, generator, device, dtype)`: every random number one `sample` call of
+  `num_rows` output rows uses; `sample(..., noise=that)` then draws nothing itself and gives what
+  `sample(..., generator=the same generator)` gives. The decode step draws the noise outside its
+  compiled region, so the compiled function is pure and eager and compiled draws agree.
 """
 
 from __future__ import annotations
@@ -63,11 +68,17 @@ class Head(nn.Module):
         self,
         hidden: torch.Tensor,
         *,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | torch.Tensor = 1.0,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
         **options: Any,
     ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def draw_noise(self, num_rows: int, generator: torch.Generator | None, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+        """The random numbers of one `sample` call with `num_rows` output rows (hidden states of `dtype`)."""
         raise NotImplementedError

@@ -40,23 +40,31 @@ SAMPLERS = ("euler", "heun")
 
 
 # --- the ODE, as small pure functions ------------------------------------------------------------
-def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+def shift_sigmas(sigmas: torch.Tensor | float, shift: float) -> torch.Tensor | float:
     """SD3's timestep shift: sigma' = shift*sigma / (1 + (shift-1)*sigma); shift > 1 spends more steps near noise."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)  # same shape as sigmas
 
 
-def sigma_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
-    """(num_steps + 1,) float32 sigmas from 1 down to 0: uniform in sigma, then shifted.
+def sigma_values(num_steps: int, shift: float = 1.0) -> list[float]:
+    """num_steps + 1 sigmas from 1 down to 0 as host floats: uniform in sigma, then shifted.
 
-    Matches diffusers' `FlowMatchEulerDiscreteScheduler(shift=shift)` given the unshifted sigmas
-    `linspace(1, 0, num_steps + 1)[:-1]` (it appends the final 0 itself).
+    Plain Python, no tensors: the compiled decode step unrolls the ODE over these constants
+    without a device round trip.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if shift <= 0:
         raise ValueError(f"shift must be > 0, got {shift}")
-    sigmas = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)  # (S+1,)
-    return shift_sigmas(sigmas, shift).float()  # (S+1,)
+    return [shift_sigmas(1.0 - index / num_steps, shift) for index in range(num_steps + 1)]
+
+
+def sigma_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """(num_steps + 1,) float32 sigmas from 1 down to 0: `sigma_values` as a tensor.
+
+    Matches diffusers' `FlowMatchEulerDiscreteScheduler(shift=shift)` given the unshifted sigmas
+    `linspace(1, 0, num_steps + 1)[:-1]` (it appends the final 0 itself).
+    """
+    return torch.tensor(sigma_values(num_steps, shift), dtype=torch.float64).float()  # (S+1,)
 
 
 def euler_step(velocity_fn: VelocityFn, x: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
@@ -77,13 +85,15 @@ def heun_step(velocity_fn: VelocityFn, x: torch.Tensor, sigma: float, sigma_next
 
 
 def integrate(
-    velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, sampler: str = "euler"
+    velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor | list[float], sampler: str = "euler"
 ) -> torch.Tensor:
-    """Solve the flow ODE along `sigmas` (S+1,), decreasing, from x = noise (N, C) -> x at sigmas[-1] (N, C)."""
+    """Solve the flow ODE along `sigmas` (S+1,), decreasing, from x = noise (N, C) -> x at sigmas[-1] (N, C).
+
+    Host floats (`sigma_values`) keep the loop free of device syncs; a tensor is read back once."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known: {SAMPLERS}")
     step = euler_step if sampler == "euler" else heun_step
-    values = sigmas.tolist()  # host floats once, so the loop has no device syncs
+    values = sigmas.tolist() if torch.is_tensor(sigmas) else list(sigmas)
     x = noise
     for sigma, sigma_next in zip(values[:-1], values[1:]):
         x = step(velocity_fn, x, sigma, sigma_next)  # (N, C)
@@ -257,6 +267,7 @@ class FlowMatching(Head):
         top_k: int = 0,
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
         num_steps: int | None = None,
         sampler: str | None = None,
         shift: float | None = None,
@@ -271,6 +282,7 @@ class FlowMatching(Head):
         With `guidance_scale != 1` both halves start from the SAME noise and the velocity is mixed
         as u + s * (c - u) at every ODE step. `top_k` / `top_p` have no meaning for a continuous
         head and are ignored, as are other heads' `options`, so `generate` can call every head alike.
+        `noise` (N, C): the starting noise from `draw_noise` (else drawn here from `generator`).
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -278,9 +290,9 @@ class FlowMatching(Head):
         num_rows = conditional.shape[0]
         both = hidden if unconditional is not None else conditional  # (2N or N, D)
         condition = self.net.embed_condition(both)  # (2N or N, W)
-        sigmas = sigma_schedule(
+        sigmas = sigma_values(
             self.config.num_steps if num_steps is None else num_steps, self.config.shift if shift is None else shift
-        )  # (S+1,)
+        )  # S+1 host floats
 
         def velocity_fn(x: torch.Tensor, sigma: float) -> torch.Tensor:
             inputs = x if unconditional is None else torch.cat([x, x], dim=0)  # (2N or N, C): shared noise
@@ -291,7 +303,11 @@ class FlowMatching(Head):
             velocity_conditional, velocity_unconditional = velocity.chunk(2, dim=0)  # (N, C) each
             return mix_guidance(velocity_conditional, velocity_unconditional, guidance_scale)  # (N, C)
 
-        noise = torch.randn(
-            (num_rows, self.spec.latent_channels), generator=generator, device=hidden.device, dtype=state_dtype(hidden)
-        )  # (N, C)
+        if noise is None:
+            noise = self.draw_noise(num_rows, generator, hidden.device, hidden.dtype)  # (N, C)
         return integrate(velocity_fn, noise * temperature, sigmas, sampler or self.config.sampler)  # (N, C)
+
+    def draw_noise(self, num_rows, generator, device, dtype):
+        """The ODE's starting noise, (N, C) standard normal in the state dtype (float32 or float64)."""
+        return torch.randn((num_rows, self.spec.latent_channels), generator=generator, device=device,
+                           dtype=torch.promote_types(dtype, torch.float32))  # (N, C)

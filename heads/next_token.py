@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import nn
 
 from heads.base import IGNORE_INDEX, Head, HeadOutput, HeadSpec
-from heads.sampling import mix_guidance, restrict_to_plausible, sample_logits, split_guidance
+from heads.sampling import draw_uniform, mix_guidance, restrict_to_plausible, sample_logits, split_guidance
 
 
 @dataclass
@@ -54,15 +54,21 @@ class NextToken(Head):
 
     @torch.no_grad()
     def sample(self, hidden, *, guidance_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, generator=None,
-               allowed: torch.Tensor | None = None, plausibility: float = 0.0, **options):
+               noise: torch.Tensor | None = None, allowed: torch.Tensor | None = None, plausibility: float = 0.0,
+               **options):
         """`allowed` (V,) bool, optional: draw only these codes (e.g. the `<m:…>` tokens of the text head).
         `plausibility`: with guidance, draw only codes whose conditional probability is at least this
-        fraction of the top code's (`restrict_to_plausible`)."""
+        fraction of the top code's (`restrict_to_plausible`). `noise` (N, Q, 1): from `draw_noise`."""
         conditional, unconditional = split_guidance(self.logits(hidden), guidance_scale)  # (N, Q, V) each
         logits = mix_guidance(conditional, unconditional, guidance_scale)  # (N, Q, V)
         if unconditional is not None:
             logits = restrict_to_plausible(logits, conditional, plausibility)  # (N, Q, V)
         if allowed is not None:
             logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))  # (N, Q, V)
-        codes = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (N, Q)
+        codes = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                              uniform=noise)  # (N, Q)
         return codes.view(codes.shape[0], *self.target_shape)
+
+    def draw_noise(self, num_rows, generator, device, dtype):
+        """One uniform per row and level: (N, Q, 1) float32, as `sample_logits` would draw it."""
+        return draw_uniform((num_rows, self.spec.num_codebooks, 1), generator, device)  # (N, Q, 1)

@@ -4,6 +4,12 @@
 Like gpt-fast's exponential race it never syncs with the host, but it needs one random number per
 row instead of one per vocabulary entry: on CPU, 7x faster for 16 rows of 512 codes and 28x for
 1024 rows (a next-scale scale), where drawing V exponentials dominated sampling.
+
+Every shape here is static (top-k and top-p mask a sorted copy, nothing is gathered by a
+data-dependent count), and the uniforms may be drawn beforehand and passed in: so the compiled
+decode step (`mmar/decode.py`) runs this code without a generator and without host syncs.
+A guidance scale may be a 0-d tensor: the step's scale then comes in as data (one graph for every
+step of a schedule), and a tensor scale always means "guided".
 """
 
 from __future__ import annotations
@@ -13,9 +19,14 @@ import math
 import torch
 
 
-def split_guidance(hidden: torch.Tensor, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def guiding(guidance_scale: float | torch.Tensor) -> bool:
+    """Whether a guidance scale mixes two halves: any scale but 1, and always a tensor scale (decided statically)."""
+    return torch.is_tensor(guidance_scale) or guidance_scale != 1.0
+
+
+def split_guidance(hidden: torch.Tensor, guidance_scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(2N, D) -> conditional (N, D), unconditional (N, D) when guiding; else (hidden, None)."""
-    if guidance_scale == 1.0:
+    if not guiding(guidance_scale):
         return hidden, None
     if hidden.shape[0] % 2:
         raise ValueError(f"guidance needs (2N, D) hidden states (cond rows then uncond), got {tuple(hidden.shape)}")
@@ -23,7 +34,8 @@ def split_guidance(hidden: torch.Tensor, guidance_scale: float) -> tuple[torch.T
     return conditional, unconditional
 
 
-def mix_guidance(conditional: torch.Tensor, unconditional: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
+def mix_guidance(conditional: torch.Tensor, unconditional: torch.Tensor | None,
+                 guidance_scale: float | torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance: u + s * (c - u). Works for logits and velocities alike."""
     if unconditional is None:
         return conditional
@@ -55,8 +67,13 @@ def sample_logits(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw one index per row of `logits (..., V)` -> (...) long. temperature 0 is greedy."""
+    """Draw one index per row of `logits (..., V)` -> (...) long. temperature 0 is greedy.
+
+    `uniform` (..., 1) in [0, 1): the row's random number, drawn beforehand (`draw_uniform`); when
+    None it is drawn here from `generator`, which gives the same draw for the same generator state.
+    """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
@@ -76,6 +93,13 @@ def sample_logits(
     total = cumulative[..., -1:]  # (..., 1): 1 up to rounding
     # u in [0, total) strictly, so the search lands on a token of positive probability: the first
     # index whose cumulative mass exceeds u (a zero-probability token repeats its left neighbour's).
-    uniform = torch.rand(total.shape, generator=generator, device=total.device) * total
+    if uniform is None:
+        uniform = draw_uniform(total.shape, generator, total.device)  # (..., 1)
+    uniform = uniform.view(total.shape) * total  # (..., 1)
     uniform = torch.minimum(uniform, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cumulative, uniform, right=True).squeeze(-1)
+
+
+def draw_uniform(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
+    """The uniforms `sample_logits` uses, (..., 1) float32 in [0, 1): drawn ahead of a compiled step."""
+    return torch.rand(shape, generator=generator, device=device)  # (..., 1)

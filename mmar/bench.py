@@ -4,7 +4,10 @@ Figures (random weights: speed does not depend on them):
 - KV cache vs recomputing the full sequence, next-token, for a 64-token (32x32) and a 256-token image;
 - images/s and transformer calls per image for each image head at batch 1 and 16;
 - training tokens/s (fp32 on CPU; bf16 autocast and model FLOPs utilisation on CUDA);
-- images/s with the decode step compiled (on CUDA by default; `--compile` on CPU).
+- with the decode step compiled (on CUDA by default; `--compile` on CPU), for each head and batch:
+  images/s compiled, timed interleaved with eager, the one-off warm-up (compiling), and the share
+  of the decode loop's host time spent outside the compiled step (torch profiler): what still runs
+  eagerly around it — guard checks, the noise draw, the Python loop — so a regression shows.
 """
 
 from __future__ import annotations
@@ -116,11 +119,29 @@ def count_calls(modules: dict[str, torch.nn.Module], fn) -> dict[str, int]:
     return counts
 
 
-def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 16), compile_step=False) -> list[dict]:
+def outside_compiled_share(fn) -> float:
+    """Run fn() once under the torch profiler -> the share of the decode loop's host time (the
+    `mmar::fill` range `generate` marks) spent outside compiled regions (dynamo's
+    "Torch-Compiled Region" ranges): 0 when the loop does nothing but call the compiled step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], acc_events=True) as profiler:
+        fn()
+    events = profiler.events()
+    loop = sum(event.cpu_time_total for event in events if event.name == "mmar::fill")
+    inside = sum(event.cpu_time_total for event in events if event.name.startswith("Torch-Compiled Region"))
+    return round(max(0.0, 1.0 - inside / loop), 3) if loop else float("nan")
+
+
+def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 16), compile_step=False,
+                on_row=None) -> list[dict]:
+    """Per head and batch: eager images/s; with `compile_step` also compiled images/s (timed
+    interleaved with eager), the warm-up seconds and the share of the loop outside the compiled step.
+    `on_row(row)` sees each row as soon as it is measured (a compiled row takes minutes on CPU)."""
     rows = []
     for head in ("next_token", "next_scale", "flow_matching"):
         if compile_step:
-            torch.compiler.reset()  # a head's scale shapes and batch sizes compile afresh, within the recompile limit
+            torch.compiler.reset()  # every head compiles afresh: its warm-up is measured from cold
         tokenizer, spec = _image_tokenizer(head, device)
         model = _model(spec, head, backbone, device)
         teacher = getattr(tokenizer, "teacher_inputs", None)
@@ -128,14 +149,29 @@ def bench_heads(backbone: TransformerConfig, device, repeats: int, batches=(1, 1
         counted = {"transformer": model.transformer}
         if hasattr(model.heads["image"], "net"):
             counted["velocity_net"] = model.heads["image"].net
-        calls = count_calls(counted, lambda: generate(model, [PROMPT], "image", config, teacher_inputs=teacher))
+        calls = count_calls(counted, lambda: generate(model, [PROMPT], "image", config, teacher_inputs=teacher,
+                                                      compile_step=False))
         for batch in batches:
             prompts = [PROMPT] * batch
-            seconds = _timed(lambda: generate(model, prompts, "image", config, teacher_inputs=teacher,
-                                              compile_step=compile_step), repeats, device)
-            rows.append({"head": head, "batch": batch, "images_per_s": round(batch / seconds, 2),
-                         "tokens_per_image": spec.num_tokens,
-                         **{f"{name}_calls_per_image": count for name, count in calls.items()}})
+
+            def run(compiled: bool, prompts=prompts) -> None:
+                generate(model, prompts, "image", config, teacher_inputs=teacher, compile_step=compiled)
+
+            row = {"head": head, "batch": batch, "tokens_per_image": spec.num_tokens,
+                   **{f"{name}_calls_per_image": count for name, count in calls.items()}}
+            if compile_step:
+                tic = time.perf_counter()
+                run(True)  # the first call compiles
+                warmup = time.perf_counter() - tic
+                eager, compiled = _timed_together([lambda: run(False), lambda: run(True)], repeats, device)
+                row.update(images_per_s=round(batch / eager, 2), compiled_images_per_s=round(batch / compiled, 2),
+                           compiled_vs_eager=round(eager / compiled, 2), warmup_s=round(warmup - compiled, 1),
+                           outside_compiled_share=outside_compiled_share(lambda: run(True)))
+            else:
+                row["images_per_s"] = round(batch / _timed(lambda: run(False), repeats, device), 2)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
 
 
@@ -169,8 +205,8 @@ def bench_training(backbone: TransformerConfig, device, steps: int, batch: int =
 
 def run_bench(quick: bool = False, device: str | None = None, out: str | None = None,
               compile_step: bool | None = None) -> dict:
-    """Print and return every figure. `compile_step` adds compiled-decode rows (default: on CUDA only;
-    on CPU the inductor C++ compile costs ~30 s per head and batch size)."""
+    """Print and return every figure. `compile_step` adds the compiled-decode figures (default: on CUDA
+    only; on CPU the inductor C++ compile costs tens of seconds per head and batch size)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     compile_step = device.type == "cuda" if compile_step is None else compile_step
     if compile_step and device.type == "cpu" and not has_cxx_compiler():
@@ -187,21 +223,24 @@ def run_bench(quick: bool = False, device: str | None = None, out: str | None = 
         print(f"  next-token, {row['tokens']:>3} tokens, batch 1, {mode:<8}: cache {row['cached_tokens_per_s']:>8} tok/s, "
               f"recompute {row['recompute_tokens_per_s']:>8} tok/s, speed-up {row['speedup']}x")
     batches = (1, 4) if quick else (1, 16)
-    results["heads"] = bench_heads(backbone, device, repeats, batches=batches)
-    for row in results["heads"]:
+    if compile_step:
+        print("  compiling each head's decode step on first use (warm-up; tens of seconds each on CPU) ...", flush=True)
+
+    def print_row(row: dict) -> None:
         velocity = f", {row['velocity_net_calls_per_image']} velocity-net calls" if "velocity_net_calls_per_image" in row else ""
-        print(f"  {row['head']:<14} batch {row['batch']:>2}: {row['images_per_s']:>7} images/s "
-              f"({row['transformer_calls_per_image']} transformer calls/image{velocity}, CFG 3)")
+        print(f"  {row['head']:<14} batch {row['batch']:>2}: {row['images_per_s']:>7} images/s eager "
+              f"({row['transformer_calls_per_image']} transformer calls/image{velocity}, CFG 3)", flush=True)
+        if compile_step:
+            print(f"  {'':<14}           {row['compiled_images_per_s']:>7} images/s compiled ({row['compiled_vs_eager']}x "
+                  f"eager), {row['outside_compiled_share']:.0%} of the loop outside the compiled step, "
+                  f"warm-up {row['warmup_s']} s", flush=True)
+
+    results["heads"] = bench_heads(backbone, device, repeats, batches=batches, compile_step=compile_step,
+                                   on_row=print_row)
     results["training"] = bench_training(backbone, device, 2 if quick else 5)
     print(f"  training ({results['training']['precision']}, batch {results['training']['batch']}): "
           f"{results['training']['tokens_per_s']} tokens/s" +
           (f", MFU {results['training']['mfu_vs_989_tflops']:.1%} of 989 TFLOP/s" if "mfu_vs_989_tflops" in results["training"] else ""))
-    if compile_step:
-        results["compiled"] = bench_heads(backbone, device, repeats, batches=batches, compile_step=True)
-        for row in results["compiled"]:
-            eager = next(r for r in results["heads"] if r["head"] == row["head"] and r["batch"] == row["batch"])
-            print(f"  compiled decode {row['head']:<14} batch {row['batch']:>2}: {row['images_per_s']:>7} images/s "
-                  f"({row['images_per_s'] / eager['images_per_s']:.2f}x eager)")
     if out:
         Path(out).write_text(json.dumps(results, indent=2) + "\n")
     return results

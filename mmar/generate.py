@@ -20,6 +20,7 @@ import torch
 
 from mmar import patterns
 from mmar.config import validate
+from mmar.decode import DecodeSteps
 from mmar.layout import EOS, grid_positions, scale_positions
 from mmar.model import MMAR
 from mmar.packing import Batch, Segment, pack
@@ -61,47 +62,68 @@ class SamplingConfig:
 
 
 class Sequence:
-    """The growing sequence of one generation: cached (static KV cache) or recomputed every step."""
+    """The growing sequence of one generation: cached (static KV cache) or recomputed every step.
 
-    def __init__(self, model: MMAR, batch: Batch, extra: int, use_cache: bool, compile_step: bool = False) -> None:
+    `take(n)` hands out the next n cache slots; `feed(x, slots, positions, block)` appends x there
+    and returns its hidden states. The cached feed is the transformer itself, which a compiled
+    decode step calls directly (`feed_fn`); the cache length is rounded up to a multiple of
+    `CACHE_MULTIPLE`, so prompts of nearby lengths share one compiled graph.
+    """
+
+    def __init__(self, model: MMAR, batch: Batch, extra: int, use_cache: bool, compile_recompute: bool = False) -> None:
         self.model, self.use_cache = model, use_cache
         x = model.embed(batch.ids, batch.vectors)  # (B, T0, D)
-        self.length = x.shape[1]
-        self.positions, self.block = batch.positions, batch.block
-        # Compiled: the cached step has static shapes (CUDA-graph friendly); the recomputed forward
-        # grows by one position a step, so it is compiled once for every length (dynamic shapes).
-        self.step_fn = torch.compile(model.transformer, dynamic=not use_cache) if compile_step else model.transformer
+        self.length = 0
         if use_cache:
-            model.transformer.setup_caches(x.shape[0], self.length + extra)
-            slots = torch.arange(self.length, device=x.device)  # (T0,)
-            self.last_hidden = model.transformer(x, slots, batch.positions, batch.block)[:, -1]  # (B, D)
+            needed = x.shape[1] + extra
+            model.transformer.setup_caches(x.shape[0], cache_length(needed, model.transformer.config.max_len))
+            self.feed_fn = model.transformer
         else:
-            self.x = x
-            self.last_hidden = self._recompute()[:, -1]
+            # The recomputed forward grows by one position a step: compiled (for `mmar bench`'s
+            # like-for-like comparison) once for every length, with dynamic shapes.
+            self.forward = torch.compile(model.transformer, dynamic=True) if compile_recompute else model.transformer
+            self.feed_fn = self.feed
+            self.x, self.positions, self.block = x[:, :0], batch.positions[:, :0], batch.block[:, :0]  # empty so far
+        self.last_hidden = self.feed(x, self.take(x.shape[1]), batch.positions, batch.block)[:, -1]  # (B, D) prefill
 
-    def _recompute(self) -> torch.Tensor:
-        slots = torch.arange(self.x.shape[1], device=self.x.device)  # (T,)
-        return self.step_fn(self.x, slots, self.positions, self.block)  # (B, T, D)
+    def take(self, n: int) -> torch.Tensor:
+        """The next n slots (n,), in order."""
+        slots = torch.arange(self.length, self.length + n, device=self.model.transformer.norm.weight.device)  # (n,)
+        self.length += n
+        return slots
+
+    def feed(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+        """Append x (B, n, D) at `slots` (n,), `positions` (B, n, 3), attention `block` (B, n) -> hidden (B, n, D)."""
+        if self.use_cache:
+            return self.model.transformer(x, slots, positions, block)
+        self.positions = torch.cat([self.positions, positions], dim=1)  # (B, T, 3)
+        self.block = torch.cat([self.block, block], dim=1)  # (B, T)
+        self.x = torch.cat([self.x, x], dim=1)  # (B, T, D)
+        every = torch.arange(self.x.shape[1], device=x.device)  # (T,)
+        return self.forward(self.x, every, self.positions, self.block)[:, -x.shape[1]:]  # (B, n, D)
 
     def extend(self, x: torch.Tensor, positions: torch.Tensor, one_block: bool) -> torch.Tensor:
-        """Append x (B, n, D) at `positions` (B, n, 3) -> their hidden states (B, n, D).
+        """Append x (B, n, D) at the next slots and `positions` (B, n, 3) -> their hidden states (B, n, D).
 
         `one_block` puts all n positions in one attention block (a next-scale scale); else causal.
         """
         batch, n, _ = x.shape
-        slots = torch.arange(self.length, self.length + n, device=x.device)  # (n,)
+        slots = self.take(n)  # (n,)
         block = (slots[:1].expand(n) if one_block else slots).expand(batch, n)  # (B, n)
-        self.length += n
-        if self.use_cache:
-            return self.step_fn(x, slots, positions, block)
-        self.positions = torch.cat([self.positions, positions], dim=1)
-        self.block = torch.cat([self.block, block], dim=1)
-        self.x = torch.cat([self.x, x], dim=1)
-        return self._recompute()[:, -n:]
+        return self.feed(x, slots, positions, block)
 
     def close(self) -> None:
         if self.use_cache:
             self.model.transformer.clear_caches()
+
+
+#: the cache length is a multiple of this (capped at the model's max_len): fewer distinct shapes to compile
+CACHE_MULTIPLE = 32
+
+
+def cache_length(needed: int, limit: int) -> int:
+    """`needed` rounded up to a multiple of CACHE_MULTIPLE, at most `limit` (the transformer checks `needed`)."""
+    return max(needed, min(limit, -(-needed // CACHE_MULTIPLE) * CACHE_MULTIPLE))
 
 
 def prompt_batch(model: MMAR, prompts: list[torch.Tensor], modality: str, guided: bool) -> Batch:
@@ -127,10 +149,15 @@ def generate(
     *,
     teacher_inputs: Callable[[torch.Tensor], torch.Tensor] | None = None,
     use_cache: bool = True,
-    compile_step: bool = False,
+    compile_step: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Fill one `modality` segment after each byte prompt.
+
+    `compile_step`: run each decode step (`mmar/decode.py`) compiled as a whole; None compiles on
+    CUDA only (on CPU a cold compile costs tens of seconds). Compiled and eager draw the same codes
+    for the same seed, up to the rounding of fused kernels. Uncached, it compiles the recomputed
+    forward instead (dynamic shapes), for like-for-like timing.
 
     `progress(done, total)` is called after every drawn position (next-token, flow) or scale
     (next-scale), from the Python loop, outside the compiled step: a demo's progress bar.
@@ -145,21 +172,26 @@ def generate(
     if spec.kind == "scales" and teacher_inputs is None:
         raise ValueError(f"next-scale generation of {modality!r} needs the tokenizer's teacher_inputs")
     device = _device(model)
+    compile_step = device.type == "cuda" if compile_step is None else compile_step
     batch = prompt_batch(model, prompts, modality, config.guided).to(device)
     generator = torch.Generator(device).manual_seed(config.seed)
-    sequence = Sequence(model, batch, spec.num_tokens, use_cache, compile_step)
+    sequence = Sequence(model, batch, spec.num_tokens, use_cache, compile_recompute=compile_step and not use_cache)
+    options = {"temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p,
+               "plausibility": config.plausibility, **config.head_options}
+    steps = DecodeSteps(model, spec.name, options, config.guided, sequence.feed_fn, compile_step and use_cache,
+                        teacher_inputs)
+    fill = _fill_scales if spec.kind == "scales" else _fill_causal
     start = batch.positions[:, -1, 0] + 1  # (B,) the grid opens one past <m>
     try:
-        if spec.kind == "scales":
-            return _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs, progress)
-        return _fill_causal(model, sequence, spec, start, config, generator, progress)
+        with steps.limits(), torch.profiler.record_function("mmar::fill"):  # bench: the loop's share in the step
+            return fill(model, sequence, spec, start, config, generator, steps, progress)
     finally:
         sequence.close()
 
 
 def _sample(model: MMAR, name: str, hidden: torch.Tensor, config: SamplingConfig, scale: float, generator,
             **options) -> torch.Tensor:
-    """hidden (B, D) with B = 2N when guided -> (N, *target_shape)."""
+    """hidden (B, D) with B = 2N when guided -> (N, *target_shape) (text: eager, from the generator)."""
     if config.guided and scale == 1.0:
         hidden = hidden[: hidden.shape[0] // 2]  # exactly 1: conditional rows alone
     return model.heads[name].sample(hidden, guidance_scale=scale, temperature=config.temperature, top_k=config.top_k,
@@ -167,54 +199,76 @@ def _sample(model: MMAR, name: str, hidden: torch.Tensor, config: SamplingConfig
                                     **config.head_options, **options)
 
 
-def _fill_causal(model, sequence, spec, start, config, generator, progress=None) -> torch.Tensor:
+def _guidance(config: SamplingConfig, num_steps: int, device) -> torch.Tensor | None:
+    """The schedule's scale at every step (num_steps,), on the device (None without guidance): data, not constants,
+    so one compiled graph serves every step."""
+    if not config.guided:
+        return None
+    return torch.tensor([config.guidance_at(i, num_steps) for i in range(num_steps)], dtype=torch.float64,
+                        device=device)  # (S,)
+
+
+def _fill_causal(model, sequence, spec, start, config, generator, steps, progress=None) -> torch.Tensor:
     """Next-token or flow: one position (pattern step) per transformer call, raster order."""
     name, n = spec.name, spec.num_tokens
+    device, head = start.device, model.heads[spec.name]
+    num_rows = len(start) // (2 if config.guided else 1)
     positions = grid_positions(spec.grid, start, n)  # (B, n, 3)
-    copies = 2 if config.guided else 1
-    holes = patterns.hole_mask(spec.pattern, spec.num_cells, spec.num_codebooks).to(start.device) \
-        if spec.multi_codebook else None  # (n, Q)
-    hidden, drawn = sequence.last_hidden, []  # (B, D)
-    for i in range(n):
-        token = _sample(model, name, hidden, config, config.guidance_at(i, n), generator)  # (N, ...)
-        if holes is not None:
-            token = token.masked_fill(holes[i], patterns.IGNORE)  # (N, Q) a hole stays a hole
-        drawn.append(token)
+    slots = sequence.take(n - 1)  # (n-1,) the drawn tokens but the last are fed back
+    guidance = _guidance(config, n, device)  # (n,) or None
+    holes = patterns.hole_mask(spec.pattern, spec.num_cells, spec.num_codebooks).to(device) \
+        if spec.multi_codebook else [None] * n  # (n, Q)
+    dtype = sequence.last_hidden.dtype
+
+    def at(values, i):
+        return None if values is None else values[i]
+
+    noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, Q, 1) uniforms or (N, C) normals
+    token = steps.first(sequence.last_hidden, at(guidance, 0), noise, holes[0])  # (N, ...)
+    drawn = [token]
+    if progress is not None:
+        progress(1, n)
+
+    def advance(i: int, token: torch.Tensor) -> torch.Tensor:
+        """Feed position i-1's token, draw position i's (N, ...)."""
+        noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, ...): drawn outside, so the step stays pure
+        token = steps.causal(token, slots[i - 1:i], positions[:, i - 1:i], at(guidance, i), noise, holes[i])
+        drawn.append(steps.keep(token))  # (N, ...)
         if progress is not None:
             progress(i + 1, n)
-        if i == n - 1:
-            break
-        if copies > 1:
-            token = torch.cat([token] * copies)  # (B, ...)
-        x = model.embed_tokens(name, token)  # (B, D)
-        hidden = sequence.extend(x[:, None], positions[:, i:i + 1], one_block=False)[:, -1]  # (B, D)
+        return token
+
+    if n > 1:
+        token = advance(1, token)  # the first step: compiles on first use, guards checked in full
+    with steps.steady():
+        for i in range(2, n):
+            token = advance(i, token)
     out = torch.stack(drawn, dim=1)  # (N, n, ...)
     if spec.multi_codebook:
         out = patterns.deinterleave(spec.pattern, out, spec.num_cells)  # (N, cells, Q)
     return out.reshape(out.shape[0], *spec.output_shape, *out.shape[2:])
 
 
-def _fill_scales(model, sequence, spec, start, config, generator, teacher_inputs, progress=None) -> torch.Tensor:
+def _fill_scales(model, sequence, spec, start, config, generator, steps, progress=None) -> torch.Tensor:
     """Next-scale: scale 1 from the `<m>` position, then one transformer call per scale (VAR)."""
-    name, scales = spec.name, spec.scales
+    scales, head = spec.scales, model.heads[spec.name]
+    device, dtype = start.device, sequence.last_hidden.dtype
+    num_rows = len(start) // (2 if config.guided else 1)
     positions = scale_positions(scales, spec.grid, start)  # (B, L, 3)
-    copies = 2 if config.guided else 1
-    codes = _sample(model, name, sequence.last_hidden, config, config.guidance_at(0, len(scales)), generator)[:, None]  # (N, 1)
+    guidance = _guidance(config, len(scales), device)  # (K,) or None
+    noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, 1, 1)
+    codes = steps.first(sequence.last_hidden, None if guidance is None else guidance[0], noise, None)[:, None]  # (N, 1)
     if progress is not None:
         progress(1, len(scales))
     offset = 1
     for k, (h, w) in enumerate(scales[1:], start=1):
-        inputs = teacher_inputs(codes)[:, -h * w:]  # (N, h*w, C)
-        inputs = inputs.repeat(copies, 1, 1)  # (B, h*w, C)
-        scale = torch.full(inputs.shape[:2], k, dtype=torch.long, device=inputs.device)  # (B, h*w)
-        x = model.embed_tokens(name, inputs, scale)  # (B, h*w, D)
-        hidden = sequence.extend(x, positions[:, offset:offset + h * w], one_block=True)  # (B, h*w, D)
-        drawn = _sample(model, name, hidden.flatten(0, 1), config, config.guidance_at(k, len(scales)), generator)  # (N*h*w,)
-        codes = torch.cat([codes, drawn.view(codes.shape[0], h * w)], dim=1)  # (N, offset + h*w)
+        noise = head.draw_noise(num_rows * h * w, generator, device, dtype)  # (N*h*w, 1, 1)
+        codes = steps.scale(k, codes, sequence.take(h * w), positions[:, offset:offset + h * w],
+                            None if guidance is None else guidance[k], noise)  # (N, offset + h*w)
         offset += h * w
         if progress is not None:
             progress(k + 1, len(scales))
-    return codes
+    return steps.keep(codes)
 
 
 # --- text ------------------------------------------------------------------------------------

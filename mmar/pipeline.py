@@ -226,7 +226,7 @@ class Pipeline:
 
     @torch.no_grad()
     def generate_tokens(self, prompts: list[str], config: SamplingConfig, modality: str | None = None,
-                        use_cache: bool = True, compile_step: bool = False,
+                        use_cache: bool = True, compile_step: bool | None = None,
                         progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         modality = self._check(modality) if modality else self.modality
         tokenizer = self.tokenizers[modality]
@@ -239,13 +239,16 @@ class Pipeline:
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, *, modality: str | None = None,
                  guidance_scale: float | None = None, guidance_schedule: str | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                 plausibility: float | None = None, seed: int = 0,
+                 plausibility: float | None = None, seed: int = 0, compile_step: bool | None = None,
                  progress: Callable[[str, int, int], None] | None = None, **head_options) -> list[Any]:
         """Generate `num_images_per_prompt` items for each prompt, prompt-major order.
 
         A sampling setting left None is the modality's stored default (`sampling_defaults`).
 
         `progress(modality, done, total)` follows each modality's positions or scales as they are drawn.
+
+        `compile_step`: compile each decode step as a whole (`mmar/decode.py`); None compiles on CUDA
+        only. The first call compiles (tens of seconds on CPU), later ones reuse it.
 
         `modality=None`: a one-modality pipeline uses its modality; otherwise the text head picks one
         per item (`choose`), and `self.last_modalities` says which.
@@ -266,7 +269,8 @@ class Pipeline:
             rows = [i for i, m in enumerate(chosen) if m == name]
             step = None if progress is None else lambda done, total, name=name: progress(name, done, total)
             config = SamplingConfig(**{**self.sampling_defaults(name), **given}, seed=seed, head_options=head_options)
-            tokens = self.generate_tokens([repeated[i] for i in rows], config, name, progress=step)
+            tokens = self.generate_tokens([repeated[i] for i in rows], config, name, compile_step=compile_step,
+                                          progress=step)
             decoded = self.tokenizers[name].decode(tokens)  # (n, *data_shape)
             for i, item in zip(rows, decoded):
                 outputs[i] = _to_output(self.spec(name).medium, item)

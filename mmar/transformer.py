@@ -177,21 +177,44 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.cache_block: torch.Tensor | None = None  # (B, L) block id of every cache slot
+        # The last caches, kept after `clear_caches` (a plain tuple: no submodule, no state) so that
+        # the next generation of the same shape writes into the same memory: a compiled decode step
+        # recorded as a CUDA graph replays on fixed addresses.
+        self._spare_caches: tuple | None = None
 
     def setup_caches(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> None:
-        """Pre-allocate keys, values and block ids for `batch` rows of up to `max_len` positions."""
+        """Pre-allocate keys, values and block ids for `batch` rows of up to `max_len` positions.
+
+        The same batch, length, dtype and device reuse the last caches, emptied (block ids back to
+        the sentinel; keys and values zeroed, so a masked slot never carries a stale non-finite value)."""
         if max_len > self.config.max_len:
             raise ValueError(f"sequence of {max_len} positions exceeds the model's max_len {self.config.max_len}")
         weight = self.norm.weight
         dtype = dtype or weight.dtype
-        for layer in self.layers:
-            layer.attention.cache = KVCache(batch, max_len, self.config.num_kv_heads, self.config.head_dim, dtype, weight.device)
-        self.cache_block = torch.full((batch, max_len), PAD_BLOCK, dtype=torch.long, device=weight.device)  # (B, L)
+        key = (batch, max_len, dtype, weight.device)
+        if self._spare_caches is not None and self._spare_caches[0] == key:
+            caches, cache_block = self._spare_caches[1:]
+            for cache in caches:
+                cache.keys.zero_()
+                cache.values.zero_()
+            cache_block.fill_(PAD_BLOCK)
+        else:
+            self._spare_caches = None  # free the old memory before allocating the new
+            caches = [KVCache(batch, max_len, self.config.num_kv_heads, self.config.head_dim, dtype, weight.device)
+                      for _ in self.layers]
+            cache_block = torch.full((batch, max_len), PAD_BLOCK, dtype=torch.long, device=weight.device)  # (B, L)
+        for layer, cache in zip(self.layers, caches):
+            layer.attention.cache = cache
+        self.cache_block = cache_block
+        self._spare_caches = (key, caches, cache_block)
 
-    def clear_caches(self) -> None:
+    def clear_caches(self, release: bool = False) -> None:
+        """Detach the caches (the forward is uncached again); `release` also frees their memory."""
         for layer in self.layers:
             layer.attention.cache = None
         self.cache_block = None
+        if release:
+            self._spare_caches = None
 
     def forward(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
         if self.cache_block is not None:

@@ -23,6 +23,17 @@ def test_call_counts_per_image_follow_the_head():
     assert all(row["images_per_s"] > 0 for row in rows.values())
 
 
+def test_outside_share_is_everything_without_a_compiled_step():
+    from mmar.bench import outside_compiled_share
+    from mmar.generate import SamplingConfig, generate
+    from conftest import tiny_model
+
+    model = tiny_model("next_token")
+    share = outside_compiled_share(lambda: generate(model, [torch.tensor([1, 2])], "image", SamplingConfig(),
+                                                    compile_step=False))
+    assert share == 1.0  # eager: the whole loop runs outside any compiled region
+
+
 def test_cache_and_training_figures():
     rows = bench_cache(TINY, CPU, repeats=1)
     assert [row["tokens"] for row in rows] == [64, 256]

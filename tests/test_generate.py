@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from conftest import SPECS, fake_teacher_inputs, tiny_model
+from conftest import SPECS, TINY, fake_teacher_inputs, tiny_model
 from mmar.bench import has_cxx_compiler
 from mmar.generate import SamplingConfig, generate
+from mmar.layout import ModalitySpec
+from mmar.model import MMAR, HeadChoice, MMARConfig
 from mmar.packing import Segment, pack
 
 PROMPTS = [torch.tensor(list(b"a red circle")), torch.tensor(list(b"hi"))]
@@ -97,13 +99,59 @@ def test_next_scale_without_teacher_inputs_is_an_error():
         generate(model, PROMPTS, "image", SamplingConfig())
 
 
+RVQ = ModalitySpec("audio", 8, 3, 0, (5, 1, 1), pattern="delay", token_shape=(5,), medium="audio")
+
+
+def _compile_case(case):
+    """(model, modality, teacher_inputs) in float64, where near-ties cannot flip a code."""
+    if case == "delay":  # multi-codebook codes with -100 holes: the hole mask is part of the step
+        torch.manual_seed(0)
+        config = MMARConfig(TINY, [RVQ], {"text": HeadChoice(), "audio": HeadChoice("next_token")})
+        return MMAR(config).double().eval(), "audio", None
+    model = tiny_model(case, torch.float64)
+    if case != "next_scale":
+        return model, "image", None
+    # the real multi-scale tokenizer, so its teacher inputs are traced inside the compiled scale step
+    from tokenizers_vq import TOKENIZERS
+
+    spec = SPECS["next_scale"]
+    tokenizer_class = TOKENIZERS["multiscale_vq"]
+    tokenizer = tokenizer_class(tokenizer_class.Config(image_size=16, base_channels=8, scales=(1, 2, 3, 4),
+                                                       codebook_size=spec.codebook_size,
+                                                       code_dim=spec.latent_channels)).double().eval()
+    return model, "image", tokenizer.teacher_inputs
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_decode_step_equals_eager():
-    # torch.compile (inductor; C++ on CPU) of the cached step (static shapes) and of the recomputed
-    # forward (dynamic shapes, what `mmar bench --compile` times against it) must not change a code.
+@pytest.mark.parametrize("case", ["next_token", "next_scale", "flow_matching", "delay"])
+def test_compiled_decode_step_equals_eager(case):
+    """The whole decode step compiled (inductor, C++ on CPU; one tiny model per head kind) draws what
+    the eager step draws for the same seed, under a guidance schedule with top-k / top-p, and again
+    once warm (steps after the first skip dynamo's non-differentiating guards)."""
+    from mmar.bench import outside_compiled_share
+
+    model, modality, teacher = _compile_case(case)
+    config = SamplingConfig(guidance_scale=3.0, guidance_schedule="linear", top_k=6, top_p=0.9, seed=5,
+                            head_options={"num_steps": 3} if case == "flow_matching" else {})
+
+    def run(compile_step):
+        return generate(model, PROMPTS, modality, config, teacher_inputs=teacher, compile_step=compile_step)
+
+    eager, compiled = run(False), run(True)
+    if case == "flow_matching":
+        torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(compiled, eager)
+    assert torch.equal(run(True), compiled)
+    assert 0 <= outside_compiled_share(lambda: run(True)) < 1  # the loop spends time inside the compiled step
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_recompute_equals_eager():
+    # The recomputed forward compiled with dynamic shapes (what `mmar bench --compile` times the cache against).
     model = tiny_model("next_token", torch.float64)
     config = SamplingConfig(guidance_scale=3.0, seed=5)
     eager = generate(model, PROMPTS, "image", config)
-    assert torch.equal(eager, generate(model, PROMPTS, "image", config, compile_step=True))
     assert torch.equal(eager, generate(model, PROMPTS, "image", config, use_cache=False, compile_step=True))

@@ -85,3 +85,13 @@ def test_guidance_takes_doubled_rows_and_returns_n(head):
         assert torch.equal(same, plain)
     with pytest.raises(ValueError):
         head.sample(torch.randn(3, 16), guidance_scale=2.0)
+
+
+def test_drawn_noise_gives_what_the_generator_gives(head):
+    """`sample(noise=draw_noise(...))` draws nothing itself and equals `sample(generator=...)` with the
+    same generator state: the compiled decode step relies on it (noise drawn outside, same order)."""
+    hidden = torch.cat([torch.randn(4, 16), torch.randn(4, 16)])  # (2N, D): guided
+    noise = head.draw_noise(4, torch.Generator().manual_seed(3), hidden.device, hidden.dtype)
+    from_noise = head.sample(hidden, guidance_scale=torch.tensor(2.0), noise=noise)  # a tensor scale always guides
+    from_generator = head.sample(hidden, guidance_scale=2.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(from_noise, from_generator)
