@@ -101,24 +101,22 @@ class CausalResnetBlock(nn.Module):
 
 
 class CausalUpsample(nn.Module):
-    """x2 nearest in space (if `in_space`) and, if `in_time`, 1 + 2 (T - 1) frames in time, then a causal conv.
+    """x2 nearest in space and, if `in_time`, 1 + 2 (T - 1) frames in time, then a causal conv.
 
-    (B, C_in, T, H, W) -> (B, C_out, T', H', W'). In time every frame but the first is doubled, so
+    (B, C_in, T, H, W) -> (B, C_out, T' , 2H, 2W). In time every frame but the first is doubled, so
     the first latent frame still makes exactly one output frame (the image path).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, temporal_kernel: int, in_time: bool,
-                 in_space: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, temporal_kernel: int, in_time: bool) -> None:
         super().__init__()
-        self.in_time, self.in_space = in_time, in_space
+        self.in_time = in_time
         self.conv = CausalConv3d(in_channels, out_channels, temporal_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_time:
             x = torch.cat([x[:, :, :1], x[:, :, 1:].repeat_interleave(2, dim=2)], dim=2)  # (B, C, 2T-1, H, W)
-        if self.in_space:
-            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")  # (B, C, T', 2H, 2W)
-        return self.conv(x)  # (B, C_out, T', H', W')
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")  # (B, C, T', 2H, 2W)
+        return self.conv(x)  # (B, C_out, T', 2H, 2W)
 
 
 class TimeToChannel(nn.Module):
@@ -176,14 +174,14 @@ class CausalEncoder(nn.Module):
 
     `tokenizers_vq.conv.Encoder` with causal 3-D convolutions: one level per channel multiplier,
     `num_res_blocks` blocks per level, a strided downsample between levels (D = levels - 1).
-    Time is compressed Dt = `num_temporal_downsamples` times by a stride-2 causal convolution:
+    Time is compressed 2**Dt-fold, Dt = `num_temporal_downsamples`, in one of two layouts:
 
     - `time_at_latent` (the default layout): the spatial levels are per-frame 2-D convolutions, and
       at the token resolution `TimeToChannel` folds each group of 2**Dt frames into channels; the
       causal 3-D blocks after it mix the groups. Space first, time second, as factorised video
       autoencoders do; the fold keeps the motion inside a group readable from the first step;
-    - otherwise every convolution is 3-D and the first Dt spatial downsamples also stride in time
-      (MAGVIT-v2's layout).
+    - otherwise every convolution is 3-D and the first Dt spatial downsamples also stride 2 in
+      time (MAGVIT-v2's layout).
     """
 
     def __init__(self, in_channels: int, base_channels: int, channel_multipliers: tuple[int, ...],
