@@ -208,6 +208,11 @@ def _guidance(config: SamplingConfig, num_steps: int, device) -> torch.Tensor | 
                         device=device)  # (S,)
 
 
+def _at(values: torch.Tensor | None, i: int) -> torch.Tensor | None:
+    """Step i's entry of a per-step schedule, or None where there is none (no guidance)."""
+    return None if values is None else values[i]
+
+
 def _fill_causal(model, sequence, spec, start, config, generator, steps, progress=None) -> torch.Tensor:
     """Next-token or flow: one position (pattern step) per transformer call, raster order."""
     name, n = spec.name, spec.num_tokens
@@ -219,12 +224,8 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
     holes = patterns.hole_mask(spec.pattern, spec.num_cells, spec.num_codebooks).to(device) \
         if spec.multi_codebook else [None] * n  # (n, Q)
     dtype = sequence.last_hidden.dtype
-
-    def at(values, i):
-        return None if values is None else values[i]
-
     noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, Q, 1) uniforms or (N, C) normals
-    token = steps.first(sequence.last_hidden, at(guidance, 0), noise, holes[0])  # (N, ...)
+    token = steps.first(sequence.last_hidden, _at(guidance, 0), noise, holes[0])  # (N, ...)
     drawn = [token]
     if progress is not None:
         progress(1, n)
@@ -232,7 +233,7 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
     def advance(i: int, token: torch.Tensor) -> torch.Tensor:
         """Feed position i-1's token, draw position i's (N, ...)."""
         noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, ...): drawn outside, so the step stays pure
-        token = steps.causal(token, slots[i - 1:i], positions[:, i - 1:i], at(guidance, i), noise, holes[i])
+        token = steps.causal(token, slots[i - 1:i], positions[:, i - 1:i], _at(guidance, i), noise, holes[i])
         drawn.append(steps.keep(token))  # (N, ...)
         if progress is not None:
             progress(i + 1, n)
@@ -257,14 +258,14 @@ def _fill_scales(model, sequence, spec, start, config, generator, steps, progres
     positions = scale_positions(scales, spec.grid, start)  # (B, L, 3)
     guidance = _guidance(config, len(scales), device)  # (K,) or None
     noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, 1, 1)
-    codes = steps.first(sequence.last_hidden, None if guidance is None else guidance[0], noise, None)[:, None]  # (N, 1)
+    codes = steps.first(sequence.last_hidden, _at(guidance, 0), noise, None)[:, None]  # (N, 1)
     if progress is not None:
         progress(1, len(scales))
     offset = 1
     for k, (h, w) in enumerate(scales[1:], start=1):
         noise = head.draw_noise(num_rows * h * w, generator, device, dtype)  # (N*h*w, 1, 1)
         codes = steps.scale(k, codes, sequence.take(h * w), positions[:, offset:offset + h * w],
-                            None if guidance is None else guidance[k], noise)  # (N, offset + h*w)
+                            _at(guidance, k), noise)  # (N, offset + h*w)
         offset += h * w
         if progress is not None:
             progress(k + 1, len(scales))
