@@ -141,10 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "--recipe video trains the causal video tokenizer and one head on moving-shape "
                                 "clips and writes an animated GIF sample grid (samples.gif) and frame strips; "
                                 "--recipe audio the RVQ codec and one model on procedural notes (WAV samples).")
-    quick.add_argument("--recipe", default="single", choices=["single", "joint", "video", "joint_video", "audio", "speech"],
+    quick.add_argument("--recipe", default="single", choices=["single", "joint", "video", "joint_video", "joint_all", "audio", "speech"],
                        help="single: one image head (--head); joint: all three heads on one backbone + captions; "
                        "video: the causal video tokenizer + one head (next_token or flow_matching) on moving "
-                       "shapes; joint_video: joint plus a next-token video run (one model, images and clips); "
+                       "shapes; joint_video: joint plus a next-token video run (one model, images and clips); joint_all: "
+                       "joint_video plus a next-token audio run (images, clips and sounds); "
                        "audio: the RVQ codec and one model on procedural notes (WAV samples); speech: the same "
                        "on words spoken by espeak-ng")
     quick.add_argument("--pattern", default="delay", choices=["delay", "flat", "parallel"],
@@ -400,7 +401,8 @@ def _quickstart(args) -> int:
     if "captions" in report:
         print(f"  captions: {_attributes(report['captions'])}")
     print(f"  tokenizer: {report['tokenizer']}")
-    samples = {"video": ("samples.gif", "samples"), "joint_video": ("samples.png", "samples.gif", "samples")}.get(
+    samples = {"video": ("samples.gif", "samples"), "joint_video": ("samples.png", "samples.gif", "samples"),
+               "joint_all": ("samples.png", "samples.gif", "samples_audio.png", "samples")}.get(
         args.recipe, ("samples.png",))
     for name in ("pipeline", *samples, "curves.png", "report.md", "report.json"):
         print(f"  {name:<12} {out / name}")

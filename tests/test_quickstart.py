@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mmar.pipeline import Pipeline
 from trainers.quickstart import run_quickstart
@@ -76,3 +77,25 @@ def test_one_model_trains_on_images_and_clips_and_makes_both(tmp_path):
     image, clip = pipe("a red circle at the top left", modality="image_token")[0], pipe("a red circle moving left",
                                                                                       modality="video")[0]
     assert image.size == (32, 32) and clip.shape == (5, 3, 16, 16)
+
+
+def test_one_model_makes_images_clips_and_sounds(tmp_path):
+    """The joint_all recipe's core at the smallest size: an image, a video and an audio run, one backbone."""
+    from trainers.ar import train_ar
+    from trainers.recipes import JOINT_ALL_RUNS, tiny_audio_tokenizer, tiny_joint_all, tiny_tokenizer, tiny_video_tokenizer
+    from trainers.tokenizer import train_tokenizer
+
+    assert JOINT_ALL_RUNS["audio"] == "next_token" and JOINT_ALL_RUNS["video"] == "next_token"
+    tokenizers = {"image_token": str(train_tokenizer(tiny_tokenizer("next_token", str(tmp_path / "image")))),
+                  "video": str(train_tokenizer(tiny_video_tokenizer("next_token", str(tmp_path / "video")))),
+                  "audio": str(train_tokenizer(tiny_audio_tokenizer(str(tmp_path / "audio"))))}
+    config = tiny_joint_all(str(tmp_path / "ar"), {**tokenizers, "image_scale": "", "image_flow": ""})
+    config.modalities = {name: config.modalities[name] for name in tokenizers}  # the three runs only
+    assert config.modalities["audio"].pattern == "delay" and config.modalities["audio"].data.source == "notes"
+    pipe = Pipeline.from_pretrained(train_ar(config))
+    assert pipe.modalities == ["image_token", "video", "audio"] and pipe.sources["audio"] == "notes"
+    image = pipe("a red circle at the top left", modality="image_token")[0]
+    clip = pipe("a red circle moving left", modality="video")[0]
+    sound = pipe("a pluck playing E4 four times", modality="audio")[0]
+    assert image.size == (32, 32) and clip.shape == (5, 3, 16, 16) and sound.shape == (1, 8000)
+    assert sound.abs().max() <= 1 and torch.isfinite(sound).all()

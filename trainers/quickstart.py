@@ -5,7 +5,8 @@ tokenizers and one backbone trained on all three heads at once, with captioning 
 report then has prompt-following per head and caption accuracy. Recipe "audio": the RVQ codec on
 procedural notes and one backbone over its levels (`pattern` delay or flat); WAV samples and a
 captioned spectrogram sheet, prompt-following by the notes checker (pitch, rhythm). Recipe "joint_video": the joint
-recipe plus a next-token video run, so ONE model makes images and clips. Recipe "video": the causal video
+recipe plus a next-token video run, so ONE model makes images and clips; "joint_all" adds a next-token
+audio run on the notes too: images, clips and sounds from ONE model. Recipe "video": the causal video
 tokenizer and one head (`--head next_token` or `flow_matching`) on moving-shape clips; the sample
 sheet is an animated GIF grid with captions (`samples.gif`) plus a PNG strip of every sample's
 frames (`samples/000.png`, ...), and the report adds the tokenizer's PSNR per frame position on
@@ -25,10 +26,11 @@ from mmar.images import captioned_grid, save_atomic
 from mmar.pipeline import Pipeline
 from trainers.ar import train_ar
 from trainers.plots import plot_curves
-from trainers.recipes import (HEAD_TOKENIZER, JOINT_RUNS, JOINT_VIDEO_RUNS, RECIPES, audio_ar, audio_tokenizer,
-                              joint_ar, joint_video_ar, quickstart_ar, quickstart_tokenizer, tiny_ar, tiny_audio_ar,
-                              tiny_audio_tokenizer, tiny_joint, tiny_joint_video, tiny_tokenizer, tiny_video_ar,
-                              tiny_video_tokenizer, video_ar, video_tokenizer)
+from trainers.recipes import (HEAD_TOKENIZER, JOINT_ALL_RUNS, JOINT_RUNS, JOINT_VIDEO_RUNS, RECIPES, audio_ar,
+                              audio_tokenizer, joint_all_ar, joint_ar, joint_video_ar, quickstart_ar,
+                              quickstart_tokenizer, tiny_ar, tiny_audio_ar, tiny_audio_tokenizer, tiny_joint,
+                              tiny_joint_all, tiny_joint_video, tiny_tokenizer, tiny_video_ar, tiny_video_tokenizer,
+                              video_ar, video_tokenizer)
 from trainers.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ VIDEO_PROMPTS = [f"a {c} {s} moving {d}" for c, s, d in [
     ("cyan", "square", "up"), ("white", "triangle", "down"), ("orange", "circle", "left"),
 ]]
 
+
+#: what a report calls the items of each medium
+ITEMS = {"image": "images", "video": "clips", "audio": "clips"}
 
 AUDIO_PROMPTS = [f"a {t} playing {n} {r}" for t, n, r in [
     ("sine", "C4", "once"), ("square", "E4", "four times"), ("sawtooth", "G4", "rising"), ("pluck", "A4", "once"),
@@ -82,13 +87,15 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
     started = time.perf_counter()
     tokenizer_overrides, ar_overrides = _split_overrides(list(overrides))
     heads = {"single": {"image": head}, "video": {"video": head}, "joint": dict(JOINT_RUNS),
-             "joint_video": dict(JOINT_VIDEO_RUNS)}[recipe]
+             "joint_video": dict(JOINT_VIDEO_RUNS), "joint_all": dict(JOINT_ALL_RUNS)}[recipe]
     joint = recipe.startswith("joint")
     tokenizer_dirs, tokenizer_reports, curves = {}, {}, {}
     for name, run_head in heads.items():
         run_dir = out / (f"tokenizer_{name}" if joint else "tokenizer_run")
         if name == "video":
             config = (tiny_video_tokenizer if tiny else video_tokenizer)(run_head, str(run_dir))
+        elif name == "audio":
+            config = (tiny_audio_tokenizer if tiny else audio_tokenizer)(str(run_dir))
         else:
             config = (tiny_tokenizer if tiny else quickstart_tokenizer)(run_head, str(run_dir))
         config = apply_overrides(config, tokenizer_overrides)
@@ -102,8 +109,10 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
         ar_config = (tiny_video_ar if tiny else video_ar)(head, str(out / "ar_run"), tokenizer_dirs["video"])
     elif recipe == "joint":
         ar_config = (tiny_joint if tiny else joint_ar)(str(out / "ar_run"), tokenizer_dirs)
-    else:
+    elif recipe == "joint_video":
         ar_config = (tiny_joint_video if tiny else joint_video_ar)(str(out / "ar_run"), tokenizer_dirs)
+    else:
+        ar_config = (tiny_joint_all if tiny else joint_all_ar)(str(out / "ar_run"), tokenizer_dirs)
     ar_config = apply_overrides(ar_config, ar_overrides)
     if "video" in heads:  # the tokenizer trained on shorter clips: report it on the model's own clip length
         tokenizer_reports["video"] = clip_reconstruction(tokenizer_dirs["video"], ar_config.modalities["video"].data)
@@ -126,6 +135,9 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
         save_atomic(captioned_grid(pictures, captions, columns=8), out / "samples.png")
     if "video" in pipeline.modalities:
         write_video_samples(pipeline, VIDEO_PROMPTS[:4] if tiny else VIDEO_PROMPTS, out, guidance_scale)
+    if "audio" in pipeline.modalities:
+        write_audio_samples(pipeline, AUDIO_PROMPTS[:4] if tiny else AUDIO_PROMPTS, out, guidance_scale,
+                            sheet="samples_audio.png")
     plot_curves(curves, out / "curves.png")
     scores = {name: evaluate(pipeline, name, num_prompts, per_prompt, guidance_scale=guidance_scale)
               for name in pipeline.modalities}
@@ -138,10 +150,10 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
         "sampling": sampling_report(pipeline, guidance_scale),
     }
     title = {"single": f"mmar quickstart ({head})", "video": f"mmar quickstart (video, {head})",
-             "joint": "mmar quickstart (joint)", "joint_video": "mmar quickstart (joint, with video)"}[recipe]
+             "joint": "mmar quickstart (joint)", "joint_video": "mmar quickstart (joint, with video)",
+             "joint_all": "mmar quickstart (joint, with video and audio)"}[recipe]
     markdown = "\n".join(report_markdown(s, f"{title}: {name} ({pipeline.head_of(name)})",
-                                         "clips" if pipeline.spec(name).medium == "video" else "images")
-                         for name, s in scores.items())
+                                         ITEMS[pipeline.spec(name).medium]) for name, s in scores.items())
     if joint:
         report["captions"] = evaluate_captions(pipeline, num_items=num_prompts, per_item=per_prompt)
         markdown += "\n" + report_markdown(report["captions"], f"{title}: caption accuracy "
@@ -170,7 +182,6 @@ def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: l
     samples say each word, and there is no judge yet, so no prompt-following is reported."""
     from mmar.data.speech import WORDS
     from mmar.evaluation import CHECKERS
-    from mmar.media import save_media, to_preview
 
     out = Path(out)
     started = time.perf_counter()
@@ -191,12 +202,7 @@ def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: l
     pipeline = Pipeline.from_pretrained(pipeline_dir)
     pipeline.save_pretrained(final)
     prompts = list(AUDIO_PROMPTS if source == "notes" else WORDS)[:4 if tiny else None]
-    clips = pipeline(prompts, modality="audio", guidance_scale=guidance_scale, seed=0)
-    for i, (clip, prompt) in enumerate(zip(clips, prompts)):
-        save_media("audio", clip, out / "samples" / f"{i:03d}-{prompt.replace(' ', '_')}.wav",
-                   **pipeline.save_options("audio"))
-    save_atomic(captioned_grid([to_preview("audio", clip) for clip in clips], prompts, columns=4, cell=192),
-                out / "samples.png")
+    write_audio_samples(pipeline, prompts, out, guidance_scale)
     sampling_started = time.perf_counter()
     scores = evaluate(pipeline, "audio", num_prompts, per_prompt, guidance_scale=guidance_scale) \
         if source in CHECKERS else None
@@ -240,6 +246,19 @@ def clip_reconstruction(tokenizer_dir: str, data, num_clips: int = 128) -> dict:
     held_out = make_source(**{**dataclasses.asdict(data), "num_items": num_clips, "seed": 10_000})  # unseen seed
     clips = torch.stack([held_out[i][0] for i in range(len(held_out))])  # (N, F, 3, H, W)
     return reconstruction_metrics(load_tokenizer(tokenizer_dir), clips)
+
+
+def write_audio_samples(pipeline: Pipeline, prompts: list[str], out: Path, guidance_scale: float | None,
+                        sheet: str = "samples.png") -> None:
+    """One WAV per prompt under out/samples/ and a captioned spectrogram sheet (`sheet`)."""
+    from mmar.media import save_media, to_preview
+
+    clips = pipeline(prompts, modality="audio", guidance_scale=guidance_scale, seed=0)
+    for i, (clip, prompt) in enumerate(zip(clips, prompts)):
+        save_media("audio", clip, out / "samples" / f"{i:03d}-{prompt.replace(' ', '_')}.wav",
+                   **pipeline.save_options("audio"))
+    save_atomic(captioned_grid([to_preview("audio", clip) for clip in clips], prompts, columns=4, cell=192),
+                out / sheet)
 
 
 def write_video_samples(pipeline: Pipeline, prompts: list[str], out: Path, guidance_scale: float | None) -> None:

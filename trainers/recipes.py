@@ -7,6 +7,7 @@ ONE backbone over all three heads at once, with captioning mixed in. The video r
 causal video tokenizer and one head on moving-shape clips: 9 frames of 32x32, a (3, 8, 8) grid of
 192 tokens per clip (the tokenizer first trains on single frames, then on clips). The audio recipe trains the RVQ codec on
 procedural notes (1 s clips) and the backbone on its 4 levels in the delay (default) or flat pattern.
+The joint_video and joint_all recipes add a video run, and a video and an audio run, to the joint one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ JOINT_RUNS = {"image_token": "next_token", "image_scale": "next_scale", "image_f
 JOINT_CAPTIONER = "image_token"
 #: the joint recipe with video: the image runs plus a next-token video run ("video" trains the video tokenizer)
 JOINT_VIDEO_RUNS = {**JOINT_RUNS, "video": "next_token"}
-RECIPES = ("single", "joint", "video", "joint_video", "audio", "speech")
+#: every modality at once: the joint_video runs plus a next-token audio run ("audio" trains the codec)
+JOINT_ALL_RUNS = {**JOINT_VIDEO_RUNS, "audio": "next_token"}
+RECIPES = ("single", "joint", "video", "joint_video", "joint_all", "audio", "speech")
 #: the video tokenizer's bottleneck for each head it serves
 VIDEO_BOTTLENECK = {"next_token": "fsq", "flow_matching": "kl"}
 #: the video recipe's clips: frames per clip, for the tokenizer and the model
@@ -157,6 +160,21 @@ def tiny_tokenizer(head: str, out: str) -> TokenizerTrainConfig:
     config.optim = OptimConfig(steps=4, batch_size=16, warmup_steps=1)
     config.run = RunConfig(log_every=2, sample_every=0, checkpoint_every=2, progress=False)
     config.data.validation = 32
+    return config
+
+
+def joint_all_ar(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
+    """joint_video plus a next-token audio run on procedural notes (delay pattern): ONE backbone makes
+    images with three heads, clips and sounds. Five runs share the draws: 2,500 steps."""
+    config = joint_video_ar(out, tokenizers)
+    config.modalities["audio"] = audio_ar(out, tokenizers["audio"]).modalities["audio"]
+    config.optim.steps = 2500
+    return config
+
+
+def tiny_joint_all(out: str, tokenizers: dict[str, str]) -> ARTrainConfig:
+    config = tiny_joint_video(out, tokenizers)
+    config.modalities["audio"] = tiny_audio_ar(out, tokenizers["audio"]).modalities["audio"]
     return config
 
 
