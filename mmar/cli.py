@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "shapes; joint_video: joint plus a next-token video run (one model, images and clips); joint_all: "
                        "joint_video plus a next-token audio run (images, clips and sounds); "
                        "audio: the RVQ codec and one model on procedural notes (WAV samples); speech: the same "
-                       "on words spoken by espeak-ng")
+                       "on words spoken by espeak-ng, read back by a spoken-word judge trained once and cached")
     quick.add_argument("--pattern", default="delay", choices=["delay", "flat", "parallel"],
                        help="audio recipe: how the codec's levels are laid out in time (default delay)")
     quick.add_argument("--head", default="next_token", choices=heads, metavar="HEAD",
@@ -379,7 +379,11 @@ def _quickstart(args) -> int:
         score, codec = report["prompt_following"], report["tokenizer"]
         print(f"\nmmar quickstart ({args.recipe}, {report['pattern']} pattern) finished in "
               f"{report['seconds']['total']:.0f} s")
-        if score:
+        if "word" in score:
+            judge = score["judge_accuracy"]
+            print(f"  prompt-following audio (next_token): word {score['word']:.0%} by the spoken-word judge"
+                  + (f" ({judge:.0%} right on held-out espeak-ng voices)" if judge is not None else ""))
+        else:
             print(f"  prompt-following audio (next_token): pitch {score['pitch']:.0%}  rhythm {score['rhythm']:.0%}  "
                   f"both {score['all']:.0%}")
         print(f"  codec: SI-SNR {codec['si_snr']:.1f} dB  mel distance {codec['mel_distance']:.3f}  "

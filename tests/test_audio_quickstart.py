@@ -50,12 +50,17 @@ def test_text_to_audio_demo_answers_help():
 
 
 def test_tiny_speech_quickstart_command(tmp_path):
-    """`mmar quickstart --recipe speech`: espeak-ng words through the same codec + model path."""
+    """`mmar quickstart --recipe speech`: espeak-ng words through the same codec + model path, prompt-following
+    heard by a tiny spoken-word judge trained into the run folder."""
     from mmar.cli import main as cli
 
     out = tmp_path / "speech"
-    assert cli(["quickstart", "--recipe", "speech", "--tiny", "--out", str(out)]) == 0
+    assert cli(["quickstart", "--recipe", "speech", "--tiny", "--out", str(out), "--num-prompts", "10"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["recipe"] == "speech" and report["prompt_following"] is None and report["pattern"] == "delay"
+    assert report["recipe"] == "speech" and report["pattern"] == "delay"
+    scores = report["prompt_following"]
+    assert scores["count"] == 20 and 0 <= scores["word"] == scores["all"] <= 1 and 0 < scores["judge_accuracy"] <= 1
+    assert len(list((out / "speech_judge").glob("*/model.safetensors"))) == 1  # the tiny judge, not ~/.cache's
+    assert "spoken-word judge" in (out / "report.md").read_text()
     assert len(list((out / "samples").glob("*.wav"))) == 4 and (out / "samples.png").is_file()
     assert Pipeline.from_pretrained(out / "pipeline").sources == {"audio": "speech"}

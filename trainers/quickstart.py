@@ -4,7 +4,8 @@ Recipe "single": one image tokenizer and one head (`--head`). Recipe "joint": th
 tokenizers and one backbone trained on all three heads at once, with captioning mixed in; the
 report then has prompt-following per head and caption accuracy. Recipe "audio": the RVQ codec on
 procedural notes and one backbone over its levels (`pattern` delay or flat); WAV samples and a
-captioned spectrogram sheet, prompt-following by the notes checker (pitch, rhythm). Recipe "joint_video": the joint
+captioned spectrogram sheet, prompt-following by the notes checker (pitch, rhythm); recipe "speech" the same on
+espeak-ng words, prompt-following by the spoken-word judge (`mmar.evaluation.speech_judge`). Recipe "joint_video": the joint
 recipe plus a next-token video run, so ONE model makes images and clips; "joint_all" adds a next-token
 audio run on the notes too: images, clips and sounds from ONE model. Recipe "video": the causal video
 tokenizer and one head (`--head next_token` or `flow_matching`) on moving-shape clips; the sample
@@ -178,10 +179,12 @@ def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: l
                          pattern: str = "delay", source: str = "notes") -> dict:
     """Codec -> AR model over its levels (`pattern`) -> WAV samples, spectrogram sheet, curves, report.
 
-    `source` "notes": prompt-following by the notes checker; "speech" (espeak-ng words): the
-    samples say each word, and there is no judge yet, so no prompt-following is reported."""
+    `source` "notes": prompt-following by the notes checker; "speech" (espeak-ng words): by the
+    spoken-word judge (`mmar.evaluation.speech_judge`), trained once and cached on first use; `tiny`
+    trains a seconds-long judge into out/speech_judge instead (its verdicts are rough)."""
     from mmar.data.speech import WORDS
-    from mmar.evaluation import CHECKERS
+    from mmar.evaluation.checkers import SpeechChecker, checker_for
+    from mmar.evaluation.speech_judge import TINY_TRAINING
 
     out = Path(out)
     started = time.perf_counter()
@@ -204,8 +207,9 @@ def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: l
     prompts = list(AUDIO_PROMPTS if source == "notes" else WORDS)[:4 if tiny else None]
     write_audio_samples(pipeline, prompts, out, guidance_scale)
     sampling_started = time.perf_counter()
-    scores = evaluate(pipeline, "audio", num_prompts, per_prompt, guidance_scale=guidance_scale) \
-        if source in CHECKERS else None
+    checker = SpeechChecker(training=TINY_TRAINING, cache_dir=out / "speech_judge") if tiny and source == "speech" \
+        else checker_for(source)
+    scores = evaluate(pipeline, "audio", num_prompts, per_prompt, guidance_scale=guidance_scale, checker=checker)
     evaluation_seconds = time.perf_counter() - sampling_started
     spec = pipeline.spec("audio")
     seconds_of_audio = spec.data_shape[-1] / pipeline.tokenizers["audio"].config.sample_rate
@@ -223,9 +227,9 @@ def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: l
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     levels = ", ".join(f"{q} level{'s' * (q != '1')}: SI-SNR {v['si_snr']:.1f} dB, mel {v['mel_distance']:.3f}, "
                        f"{v['bitrate']:.0f} bit/s" for q, v in tokenizer_report.get("levels", {}).items())
-    markdown = report_markdown(scores, f"mmar quickstart (audio, {spec.pattern} pattern): prompt following",
-                               "clips, checked analytically by `mmar.evaluation.notes_checker`") if scores else \
-        f"### mmar quickstart (speech, {spec.pattern} pattern)\n\nNo spoken-word judge yet: listen to samples/.\n"
+    markdown = report_markdown(scores, f"mmar quickstart ({report['recipe']}, {spec.pattern} pattern): prompt following",
+                               "clips, checked analytically by `mmar.evaluation.notes_checker`" if source == "notes"
+                               else "clips")
     markdown += (f"\nCodec (held-out clips): {levels}\n\nTransformer calls per second of audio: "
                  f"{report['transformer_calls_per_second_of_audio']}\n\nWall time: {report['seconds']} seconds "
                  f"(set-up excluded)\n")

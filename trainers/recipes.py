@@ -241,4 +241,6 @@ def tiny_audio_ar(out: str, tokenizer: str, pattern: str = "delay", source: str 
     config = _tiny(audio_ar(out, tokenizer, pattern, source))
     config.modalities["audio"].data = DataConfig(source=source, num_items=48, seed=0, seconds=0.5)
     config.modalities["audio"].sample_prompts = ()  # the source's own captions
+    if source == "speech":  # the sweep would train the full spoken-word judge (minutes): keep the defaults
+        config.tune.enabled = False
     return config

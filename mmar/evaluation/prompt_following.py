@@ -74,11 +74,17 @@ def report_markdown(scores: dict, title: str = "Prompt following (shapes)", unit
     """A small markdown table of a `score` result (an analytic checker's or the feature checker's)."""
     lines = [f"### {title}", "", "| attribute | score |", "|---|---|"]
     # The checker's own attributes (shapes: position; moving shapes: direction), "all" last.
-    names = [name for name in scores if isinstance(scores[name], float) and name not in ("all", "parsed")]
+    names = [name for name in scores if isinstance(scores[name], float) and name not in ("all", "parsed", "judge_accuracy")]
     names += ["all"] if "all" in scores else []
     lines += [f"| {name} | {scores[name]:.3f} |" if name in DISTANCES else f"| {name} | {100 * scores[name]:.1f}% |"
               for name in names]
-    how = "checked analytically (`mmar.evaluation`)" if "feature_net_accuracy" not in scores and "frechet" not in scores \
-        else "scored by the feature net fitted on held-out real images (`mmar.evaluation.feature_checker`)"
+    if "judge_accuracy" in scores:
+        known = scores["judge_accuracy"]
+        how = ("heard by the spoken-word judge mmar trains itself (`mmar.evaluation.speech_judge`" +
+               (f", {100 * known:.1f}% right on held-out espeak-ng voices)" if known is not None else ")"))
+    elif "feature_net_accuracy" in scores or "frechet" in scores:
+        how = "scored by the feature net fitted on held-out real images (`mmar.evaluation.feature_checker`)"
+    else:
+        how = "checked analytically (`mmar.evaluation`)"
     lines += ["", f"{scores['count']} {unit}, {how}."]
     return "\n".join(lines) + "\n"
