@@ -240,13 +240,13 @@ def _nan_weights_rehashed(directory):
     """Non-finite weights behind a consistent manifest: only the finiteness check catches them."""
     from safetensors.torch import load_file, save_file
 
-    from mmar.files import write_manifest
+    from mmar.files import MODEL_FILES, write_manifest
 
     tensors = load_file(directory / "model.safetensors")
     name = next(key for key in tensors if key.endswith("weight"))
     tensors[name][...] = float("nan")
     save_file(tensors, directory / "model.safetensors")
-    write_manifest(directory, list(feature_net.FILES))
+    write_manifest(directory, list(MODEL_FILES))
 
 
 @pytest.mark.parametrize("damage", [_remove_weights, _bad_manifest_json, _altered_report, _truncated_weights,

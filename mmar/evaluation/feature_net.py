@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,12 +35,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops.layers.torch import Rearrange
-from safetensors.torch import save_model
 from torch import nn
 
-from mmar.config import load_json, read_json, save_json, validate
-from mmar.files import check_finite, file_hashes, verify_hashes
-from tokenizers_vq.base import load_weights
+from mmar.config import validate
+from mmar.files import load_model_folder, load_or_train_folder, save_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +49,6 @@ MIN_ITEMS = 10
 TEST_FRACTION = 0.2
 #: bump when training changes, so caches made by older code are not reused
 FORMAT = 1
-FILES = ("config.json", "model.safetensors", "report.json")
 
 
 @dataclass
@@ -163,42 +159,13 @@ class FeatureNet(nn.Module):
 
     # --- save / load ---------------------------------------------------------------------------
     def save(self, directory: str | Path, report: dict[str, Any]) -> Path:
-        """Write config.json, model.safetensors, report.json and manifest.json (their SHA-256) into a
-        temporary folder beside `directory`, then rename it into place. Non-finite weights are refused."""
-        check_finite(self.state_dict(), "the feature net")
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        temporary = directory.with_name(f".tmp-{directory.name}")
-        shutil.rmtree(temporary, ignore_errors=True)
-        try:
-            temporary.mkdir()
-            save_json(self.config, temporary / "config.json")
-            save_model(self, str(temporary / "model.safetensors"))
-            (temporary / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-            (temporary / "manifest.json").write_text(json.dumps(file_hashes(temporary, list(FILES)), indent=2) + "\n")
-            shutil.rmtree(directory, ignore_errors=True)
-            temporary.replace(directory)
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
-        return directory
+        """Write config.json, model.safetensors, report.json and manifest.json atomically (`save_model_folder`)."""
+        return save_model_folder(self, self.config, report, directory, "the feature net")
 
     @classmethod
     def load(cls, directory: str | Path) -> tuple["FeatureNet", dict[str, Any]]:
-        """(net in eval mode, report) from a `save` folder: hashes checked first, then the config's
-        keys and limits, then finite weights. FileNotFoundError / ValueError name what is wrong."""
-        directory = Path(directory)
-        hashes = read_json(directory / "manifest.json")
-        if not isinstance(hashes, dict) or sorted(hashes) != sorted(FILES) \
-                or not all(isinstance(digest, str) for digest in hashes.values()):
-            raise ValueError(f"{directory / 'manifest.json'} must map {', '.join(FILES)} to their SHA-256")
-        verify_hashes(directory, hashes)
-        net = cls(load_json(FeatureNetConfig, directory / "config.json", partial=False))
-        load_weights(net, directory / "model.safetensors")
-        check_finite(net.state_dict(), str(directory / "model.safetensors"))
-        report = read_json(directory / "report.json")
-        if not isinstance(report, dict):
-            raise ValueError(f"{directory / 'report.json'} must hold a JSON object")
-        return net.eval(), report
+        """(in eval mode, report) from a `save` folder, every file checked (`load_model_folder`)."""
+        return load_model_folder(cls, FeatureNetConfig, directory)
 
 
 def class_names(captions: list[str]) -> list[str] | None:
@@ -347,20 +314,10 @@ def load_or_train(cache_dir: str | Path, images: torch.Tensor, captions: list[st
     _check_items(images, captions)
     key = identity(images, captions, _settings(seed, steps, batch_size, learning_rate, width, feature_dim))
     directory = Path(cache_dir) / key[:32]
-    if directory.exists():
-        try:
-            net, report = FeatureNet.load(directory)
-            if report.get("identity") != key:
-                raise ValueError(f"{directory / 'report.json'} records another identity")
-            return net, report
-        except (OSError, ValueError) as error:
-            logger.warning("retraining the feature net: the cached one is unusable (%s)", error)
-    net, report = train_feature_net(images, captions, seed=seed, steps=steps, batch_size=batch_size,
-                                    learning_rate=learning_rate, width=width, feature_dim=feature_dim,
-                                    progress=progress)
-    report = {**report, "identity": key}
-    net.save(directory, report)
-    return net, report
+    train = lambda: train_feature_net(images, captions, seed=seed, steps=steps, batch_size=batch_size,  # noqa: E731
+                                      learning_rate=learning_rate, width=width, feature_dim=feature_dim,
+                                      progress=progress)
+    return load_or_train_folder(directory, key, FeatureNet.load, train, "feature net")
 
 
 # --- distances between feature sets ---------------------------------------------------------------

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -39,15 +38,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import save_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmar.config import load_json, read_json, save_json, validate
+from mmar.config import validate
 from mmar.data.speech import HELD_OUT_VOICES, PITCHES, SPEEDS, VOICES, WORDS, espeak_binary, speak
-from mmar.files import check_finite, file_hashes, verify_hashes
+from mmar.files import load_model_folder, load_or_train_folder, save_model_folder
 from tokenizers_vq.audio_losses import log_mel
-from tokenizers_vq.base import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +57,6 @@ JUDGE_PITCHES = (15, 85)  # espeak-ng -p, wider than the TTS data's PITCHES
 SILENCE = 1e-3  # a clip whose peak is under this says no word (espeak-ng's peak at ~0.4..0.8)
 #: bump when training changes, so caches made by older code are not reused
 FORMAT = 1
-FILES = ("config.json", "model.safetensors", "report.json")
 
 
 @dataclass
@@ -170,42 +166,13 @@ class SpeechJudge(nn.Module):
 
     # --- save / load ---------------------------------------------------------------------------
     def save(self, directory: str | Path, report: dict[str, Any]) -> Path:
-        """Write config.json, model.safetensors, report.json and manifest.json (their SHA-256) into a
-        temporary folder beside `directory`, then rename it into place. Non-finite weights are refused."""
-        check_finite(self.state_dict(), "the speech judge")
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        temporary = directory.with_name(f".tmp-{directory.name}")
-        shutil.rmtree(temporary, ignore_errors=True)
-        try:
-            temporary.mkdir()
-            save_json(self.config, temporary / "config.json")
-            save_model(self, str(temporary / "model.safetensors"))
-            (temporary / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-            (temporary / "manifest.json").write_text(json.dumps(file_hashes(temporary, list(FILES)), indent=2) + "\n")
-            shutil.rmtree(directory, ignore_errors=True)
-            temporary.replace(directory)
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
-        return directory
+        """Write config.json, model.safetensors, report.json and manifest.json atomically (`save_model_folder`)."""
+        return save_model_folder(self, self.config, report, directory, "the speech judge")
 
     @classmethod
     def load(cls, directory: str | Path) -> tuple["SpeechJudge", dict[str, Any]]:
-        """(judge in eval mode, report) from a `save` folder: hashes checked first, then the config's
-        keys and limits, then finite weights. FileNotFoundError / ValueError name what is wrong."""
-        directory = Path(directory)
-        hashes = read_json(directory / "manifest.json")
-        if not isinstance(hashes, dict) or sorted(hashes) != sorted(FILES) \
-                or not all(isinstance(digest, str) for digest in hashes.values()):
-            raise ValueError(f"{directory / 'manifest.json'} must map {', '.join(FILES)} to their SHA-256")
-        verify_hashes(directory, hashes)
-        judge = cls(load_json(SpeechJudgeConfig, directory / "config.json", partial=False))
-        load_weights(judge, directory / "model.safetensors")
-        check_finite(judge.state_dict(), str(directory / "model.safetensors"))
-        report = read_json(directory / "report.json")
-        if not isinstance(report, dict):
-            raise ValueError(f"{directory / 'report.json'} must hold a JSON object")
-        return judge.eval(), report
+        """(in eval mode, report) from a `save` folder, every file checked (`load_model_folder`)."""
+        return load_model_folder(cls, SpeechJudgeConfig, directory)
 
 
 def as_clips(clips: torch.Tensor | list[torch.Tensor], num_samples: int) -> torch.Tensor:
@@ -347,17 +314,11 @@ def load_or_train(training: JudgeTraining = JudgeTraining(), cache_dir: str | Pa
     recorded identity all check out; anything else is logged in one line and retrained over."""
     key = identity(training)
     directory = Path(cache_dir if cache_dir is not None else default_cache_dir()) / key[:32]
-    if directory.exists():
-        try:
-            judge, report = SpeechJudge.load(directory)
-            if report.get("identity") != key:
-                raise ValueError(f"{directory / 'report.json'} records another identity")
-            return judge, report
-        except (OSError, ValueError) as error:
-            logger.warning("retraining the speech judge: the cached one is unusable (%s)", error)
-    logger.warning("training the spoken-word judge once (%d espeak-ng clips, %d steps; the full judge takes about "
-                   "two minutes on one CPU thread), cached in %s", training.num_clips, training.steps, directory)
-    judge, report = train_judge(training, progress=progress)
-    report = {**report, "identity": key}
-    judge.save(directory, report)
-    return judge, report
+
+    def train() -> tuple[SpeechJudge, dict[str, Any]]:
+        logger.warning("training the spoken-word judge once (%d espeak-ng clips, %d steps; the full judge takes "
+                       "about two minutes on one CPU thread), cached in %s", training.num_clips, training.steps,
+                       directory)
+        return train_judge(training, progress=progress)
+
+    return load_or_train_folder(directory, key, SpeechJudge.load, train, "speech judge")
