@@ -203,14 +203,17 @@ def _audio_data(num_items: int, source: str = "notes") -> DataConfig:
 
 def audio_tokenizer(out: str, source: str = "notes") -> TokenizerTrainConfig:
     """The RVQ codec (tokenizers_vq/audio_codec.py defaults: 50 frames/s x 4 levels of 256 codes) on
-    `source`: "notes" (the audio recipe) or "speech" (espeak-ng words, the speech recipe)."""
+    `source`: "notes" (the audio recipe) or "speech" (espeak-ng words, the speech recipe).
+
+    800 steps: on 128 held-out notes clips, 400 steps gave SI-SNR 0.5 / 1.3 / 1.8 dB at 1 / 2 / 4 levels and
+    the checker read the pitch of 89% of the reconstructions; 800 steps 3.7 / 4.8 / 5.4 dB and 100%."""
     return TokenizerTrainConfig(
         out=out,
         tokenizer="audio_codec",
         data=_audio_data(4_000, source),
-        optim=OptimConfig(steps=400, batch_size=8, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
+        optim=OptimConfig(steps=800, batch_size=8, learning_rate=2e-3, warmup_steps=20, weight_decay=0.0,
                           beta2=0.99, ema_beta=0.99),
-        run=RunConfig(log_every=10, sample_every=0, checkpoint_every=200),
+        run=RunConfig(log_every=10, sample_every=0, checkpoint_every=400),
     )
 
 
