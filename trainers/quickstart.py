@@ -228,8 +228,7 @@ def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: l
     levels = ", ".join(f"{q} level{'s' * (q != '1')}: SI-SNR {v['si_snr']:.1f} dB, mel {v['mel_distance']:.3f}, "
                        f"{v['bitrate']:.0f} bit/s" for q, v in tokenizer_report.get("levels", {}).items())
     markdown = report_markdown(scores, f"mmar quickstart ({report['recipe']}, {spec.pattern} pattern): prompt following",
-                               "clips, checked analytically by `mmar.evaluation.notes_checker`" if source == "notes"
-                               else "clips")
+                               "clips")
     markdown += (f"\nCodec (held-out clips): {levels}\n\nTransformer calls per second of audio: "
                  f"{report['transformer_calls_per_second_of_audio']}\n\nWall time: {report['seconds']} seconds "
                  f"(set-up excluded)\n")
