@@ -111,17 +111,8 @@ class FeatureNet(nn.Module):
         self.to_empty(device="cpu")
         self.reset_parameters(generator if generator is not None else torch.Generator().manual_seed(0))
 
-    @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """He-normal convolutions and linear layers from `generator`, zero biases, fresh unit norms."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                module.reset_running_stats()
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_initialise(self, generator)
 
     def _check(self, images: torch.Tensor) -> None:
         size = self.config.image_size
@@ -166,6 +157,20 @@ class FeatureNet(nn.Module):
     def load(cls, directory: str | Path) -> tuple["FeatureNet", dict[str, Any]]:
         """(in eval mode, report) from a `save` folder, every file checked (`load_model_folder`)."""
         return load_model_folder(cls, FeatureNetConfig, directory)
+
+
+@torch.no_grad()
+def he_initialise(root: nn.Module, generator: torch.Generator) -> None:
+    """He-normal convolutions and linear layers from `generator`, zero biases, fresh unit norms: a
+    seeded initialisation that never touches the global RNG (the self-trained nets are deterministic)."""
+    for module in root.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 def class_names(captions: list[str]) -> list[str] | None:

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from mmar.config import validate
 from mmar.data.speech import HELD_OUT_VOICES, PITCHES, SPEEDS, VOICES, WORDS, espeak_binary, speak
+from mmar.evaluation.feature_net import he_initialise
 from mmar.files import load_model_folder, load_or_train_folder, save_model_folder
 from tokenizers_vq.audio_losses import log_mel
 
@@ -122,17 +123,8 @@ class SpeechJudge(nn.Module):
         self.to_empty(device="cpu")
         self.reset_parameters(generator if generator is not None else torch.Generator().manual_seed(0))
 
-    @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """He-normal convolutions and linear layer from `generator`, zero biases, fresh unit norms."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                module.reset_running_stats()
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_initialise(self, generator)
 
     def spectrogram(self, clips: torch.Tensor) -> torch.Tensor:
         """Clips (B, 1, S) -> log-mel standardised per clip (B, 1, M, T)."""
