@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from tokenizers_vq.base import file_sha256
+from tokenizers_vq.base import atomic_folder, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +65,12 @@ def save_model_folder(module: "torch.nn.Module", config: Any, report: dict[str, 
     from mmar.config import save_json
 
     check_finite(module.state_dict(), what)
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    temporary = directory.with_name(f".tmp-{directory.name}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        temporary.mkdir()
+    with atomic_folder(directory) as temporary:
         save_json(config, temporary / "config.json")
         save_model(module, str(temporary / "model.safetensors"))
         (temporary / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         write_manifest(temporary, list(MODEL_FILES))
-        shutil.rmtree(directory, ignore_errors=True)
-        temporary.replace(directory)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return directory
+    return Path(directory)
 
 
 def load_model_folder(build: Callable[[Any], "torch.nn.Module"], config_type: type, directory: str | Path):

@@ -14,13 +14,14 @@ Modelled on audiocraft's `CompressionModel` and diffusers' `ModelMixin` (ideas, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Iterator, NamedTuple
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -86,22 +87,12 @@ class Tokenizer(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write `config.json`, `model.safetensors` and `manifest.json` (their SHA-256) atomically:
         into a temporary folder beside `directory`, then renamed into place."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        temporary = directory.with_name(f".tmp-{directory.name}")
-        shutil.rmtree(temporary, ignore_errors=True)
-        try:
-            temporary.mkdir()
+        with atomic_folder(directory) as temporary:
             config = {"class": type(self).registry_name(), **dataclasses.asdict(self.config)}
             (temporary / "config.json").write_text(json.dumps(config, indent=2) + "\n")
             save_model(self, str(temporary / "model.safetensors"))
             hashes = {name: file_sha256(temporary / name) for name in ("config.json", "model.safetensors")}
             (temporary / MANIFEST).write_text(json.dumps(hashes, indent=2) + "\n")
-            if directory.exists():
-                shutil.rmtree(directory)
-            temporary.replace(directory)
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
 
     @classmethod
     def registry_name(cls) -> str:
@@ -149,6 +140,24 @@ def _typed(value: Any, default: Any, key: str) -> Any:
     if not ok:
         raise ValueError(f"config key {key!r} expects {type(default).__name__} like {default!r}, got {value!r}")
     return value
+
+
+@contextlib.contextmanager
+def atomic_folder(directory: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `directory` to write into; when the block ends without
+    an error it replaces `directory` in one rename, otherwise it is removed and `directory` is untouched."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temporary = directory.with_name(f".tmp-{directory.name}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        temporary.mkdir()
+        yield temporary
+        if directory.exists():
+            shutil.rmtree(directory)
+        temporary.replace(directory)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def file_sha256(path: Path) -> str:
