@@ -95,7 +95,7 @@ def load_model_folder(build: Callable[[Any], "torch.nn.Module"], config_type: ty
 
 
 def load_or_train_folder(directory: Path, key: str, load: Callable[[Path], tuple], train: Callable[[], tuple],
-                  what: str) -> tuple:
+                         what: str) -> tuple:
     """A cached (module, report) from `directory` when it loads and records the identity `key`;
     otherwise (missing, unusable: logged in one line) `train()`, saved there with the identity."""
     if directory.exists():

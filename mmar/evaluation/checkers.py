@@ -19,7 +19,7 @@ from mmar.data import notes, speech
 from mmar.data.shapes import ShapesDataset, parse_caption
 from mmar.evaluation import notes_checker
 from mmar.evaluation.moving_shapes_checker import MovingShapesChecker
-from mmar.evaluation.prompt_following import evaluation_prompts, score
+from mmar.evaluation.prompt_following import cycled, evaluation_prompts, held_out_items, score
 from mmar.evaluation.speech_judge import JudgeTraining, SpeechJudge, load_or_train
 
 
@@ -46,8 +46,7 @@ class ShapesChecker:
     def caption_items(self, num_items: int, seed: int) -> tuple[torch.Tensor, list[str]]:
         """Held-out shapes (a seed no training recipe uses) -> (images (N, 3, 32, 32), their captions)."""
         dataset = ShapesDataset(num_items=num_items, size=32, seed=10_000 + seed)
-        items = [dataset[i] for i in range(num_items)]
-        return torch.stack([image for image, _ in items]), [text for _, text in items]
+        return held_out_items(dataset, num_items)
 
     def score_captions(self, captions: list[str], truths: list[str]) -> dict:
         """Each caption parsed back into (colour, shape, position) vs the image's own; unparsable = all wrong."""
@@ -81,9 +80,7 @@ class NotesChecker:
 
     def prompts(self, num_prompts: int, seed: int) -> list[str]:
         """`num_prompts` captions drawn from the whole grammar with `seed` (without repeats while they last)."""
-        captions = notes.all_captions()
-        order = torch.randperm(len(captions), generator=torch.Generator().manual_seed(seed)).tolist()
-        return [captions[order[i % len(order)]] for i in range(num_prompts)]
+        return cycled(notes.all_captions(), num_prompts, seed)
 
     def score(self, outputs: list[Any], prompts: list[str]) -> dict:
         if len(outputs) != len(prompts) or not outputs:
@@ -98,8 +95,7 @@ class NotesChecker:
     def caption_items(self, num_items: int, seed: int) -> tuple[torch.Tensor, list[str]]:
         """Held-out clips (a seed no training recipe uses) -> (audio (N, 1, S), their captions)."""
         dataset = notes.NotesDataset(num_items, seconds=self.seconds, sample_rate=self.sample_rate, seed=10_000 + seed)
-        items = [dataset[i] for i in range(num_items)]
-        return torch.stack([audio for audio, _ in items]), [text for _, text in items]
+        return held_out_items(dataset, num_items)
 
     def score_captions(self, captions: list[str], truths: list[str]) -> dict:
         """Each caption parsed back into (timbre, note, rhythm) vs the clip's own; unparsable = all wrong."""
@@ -147,8 +143,7 @@ class SpeechChecker:
 
     def prompts(self, num_prompts: int, seed: int) -> list[str]:
         """`num_prompts` words: all of `speech.WORDS` in a seeded order, again and again."""
-        order = torch.randperm(len(speech.WORDS), generator=torch.Generator().manual_seed(seed)).tolist()
-        return [speech.WORDS[order[i % len(order)]] for i in range(num_prompts)]
+        return cycled(speech.WORDS, num_prompts, seed)
 
     def score(self, outputs: list[Any], prompts: list[str]) -> dict:
         """Generated clips (each (1, S)) vs their prompted words -> {"word", "all": the fraction the
@@ -173,8 +168,7 @@ class SpeechChecker:
         """Held-out clips (voices the speech recipe never trains on) -> (audio (N, 1, S), their words)."""
         dataset = speech.SpeechDataset(num_items, seconds=self.seconds, sample_rate=self.sample_rate,
                                        seed=10_000 + seed, voices=speech.HELD_OUT_VOICES)
-        items = [dataset[i] for i in range(num_items)]
-        return torch.stack([audio for audio, _ in items]), [text for _, text in items]
+        return held_out_items(dataset, num_items)
 
     def score_captions(self, captions: list[str], truths: list[str]) -> dict:
         """A caption is right when it is exactly the clip's word (surrounding whitespace aside); "parsed":

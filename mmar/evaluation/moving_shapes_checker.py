@@ -18,6 +18,7 @@ import torch
 
 from mmar.data.moving_shapes import (COLORS, DIRECTIONS, SHAPES, TRAVEL, MovingShapesDataset, all_captions, caption,
                                      parse_caption)
+from mmar.evaluation.prompt_following import held_out_items
 from mmar.evaluation.shapes_checker import classify, features, to_rgb_array
 
 ATTRIBUTES = ("color", "shape", "direction", "all")
@@ -133,8 +134,7 @@ class MovingShapesChecker:
     def caption_items(self, num_items: int, seed: int) -> tuple[torch.Tensor, list[str]]:
         """Held-out clips (a seed no training recipe uses) -> (clips (N, 9, 3, 32, 32), their captions)."""
         dataset = MovingShapesDataset(num_items=num_items, size=32, num_frames=9, seed=10_000 + seed)
-        items = [dataset[i] for i in range(num_items)]
-        return torch.stack([clip for clip, _ in items]), [text for _, text in items]
+        return held_out_items(dataset, num_items)
 
     def score_captions(self, captions: list[str], truths: list[str]) -> dict:
         """Each caption parsed back into (colour, shape, direction) vs the clip's own; unparsable = all wrong."""

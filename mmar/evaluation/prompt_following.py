@@ -35,6 +35,18 @@ def evaluation_prompts(num_prompts: int = 64, seed: int = 0) -> list[str]:
     return [caption(colors[i % len(colors)], SHAPES[i % len(SHAPES)], positions[i % len(positions)]) for i in indices]
 
 
+def cycled(choices: Sequence[str], num_prompts: int, seed: int) -> list[str]:
+    """`num_prompts` of `choices` in a seeded order, every one before any repeats, then again."""
+    order = torch.randperm(len(choices), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [choices[order[i % len(order)]] for i in range(num_prompts)]
+
+
+def held_out_items(dataset, num_items: int) -> tuple[torch.Tensor, list[str]]:
+    """The first `num_items` (item, caption) pairs of a held-out dataset -> (items stacked (N, ...), captions)."""
+    items = [dataset[i] for i in range(num_items)]
+    return torch.stack([item for item, _ in items]), [text for _, text in items]
+
+
 def _as_list(images: Sequence | torch.Tensor) -> list:
     """A batch tensor (B, 3, H, W) or any sequence of images -> list of single images."""
     if isinstance(images, torch.Tensor):
