@@ -32,9 +32,10 @@ from mmar.model import MMAR
 #: (dynamo's default of 8 is spent by six scales at two batch sizes).
 RECOMPILE_LIMIT = 64
 
-#: feed(x (B, n, D), slots (n,), positions (B, n, 3), block (B, n)) -> hidden (B, n, D): the transformer
-#: with its cache, or the recomputing `Sequence.feed` of the uncached (testing) path.
-Feed = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: feed(x (B, n, D), slots (n,), positions (B, n, 3), block (B, n), visible) -> hidden (B, n, D): the
+#: transformer with its cache (attending to the first `visible` slots; None: all), or the recomputing
+#: `Sequence.feed` of the uncached (testing) path.
+Feed = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int | None], torch.Tensor]
 
 
 def draw(model: MMAR, name: str, options: dict[str, Any], hidden: torch.Tensor, guidance: torch.Tensor | None,
@@ -55,24 +56,25 @@ def causal_step(model: MMAR, name: str, options: dict[str, Any], feed: Feed, cop
     tokens = torch.cat([token] * copies)  # (B, ...): both guidance halves get the drawn token
     x = model.embed_tokens(name, tokens)[:, None]  # (B, 1, D)
     block = slot.expand(x.shape[0], 1)  # (B, 1): its own block, causal
-    hidden = feed(x, slot, position, block)[:, -1]  # (B, D)
+    hidden = feed(x, slot, position, block, None)[:, -1]  # (B, D): the whole cache (one graph for every step)
     return draw(model, name, options, hidden, guidance, noise, hole)  # (N, ...)
 
 
 def scale_step(model: MMAR, name: str, options: dict[str, Any], feed: Feed, copies: int,
                teacher_inputs: Callable[[torch.Tensor], torch.Tensor], index: int, codes: torch.Tensor,
-               slots: torch.Tensor, positions: torch.Tensor, guidance: torch.Tensor | None,
+               slots: torch.Tensor, visible: int, positions: torch.Tensor, guidance: torch.Tensor | None,
                noise: torch.Tensor) -> torch.Tensor:
     """Next-scale: the codes of scales 1..k (N, P) -> those of scales 1..k+1 (N, P + h*w) (VAR).
 
-    Scale k+1 (`index` k, 0-based) fills the cache `slots` (h*w,) at `positions` (B, h*w, 3) as one block."""
+    Scale k+1 (`index` k, 0-based) fills the cache `slots` (h*w,) at `positions` (B, h*w, 3) as one
+    block and attends to the `visible` slots written by then (static: each scale compiles anyway)."""
     size = slots.shape[0]
     inputs = teacher_inputs(codes)[:, -size:]  # (N, h*w, C): the running reconstruction at scale k+1's grid
     inputs = inputs.repeat(copies, 1, 1)  # (B, h*w, C)
     scale = torch.full(inputs.shape[:2], index, dtype=torch.long, device=inputs.device)  # (B, h*w)
     x = model.embed_tokens(name, inputs, scale)  # (B, h*w, D)
     block = slots[:1].expand(x.shape[0], size)  # (B, h*w): the whole scale is one block
-    hidden = feed(x, slots, positions, block)  # (B, h*w, D)
+    hidden = feed(x, slots, positions, block, visible)  # (B, h*w, D)
     drawn = draw(model, name, options, hidden.flatten(0, 1), guidance, noise)  # (N*h*w,)
     return torch.cat([codes, drawn.view(codes.shape[0], size)], dim=1)  # (N, P + h*w)
 
@@ -99,9 +101,9 @@ class DecodeSteps:
         def causal(token, slot, position, guidance, noise, hole):
             return causal_step(model, name, options, feed, copies, token, slot, position, guidance, noise, hole)
 
-        def scale(index, codes, slots, positions, guidance, noise):
-            return scale_step(model, name, options, feed, copies, teacher_inputs, index, codes, slots, positions,
-                              guidance, noise)
+        def scale(index, codes, slots, visible, positions, guidance, noise):
+            return scale_step(model, name, options, feed, copies, teacher_inputs, index, codes, slots, visible,
+                              positions, guidance, noise)
 
         self.first = first  # from the prefill's last hidden state: once per generation, eager
         self.causal, self.scale = (self.compile(causal, cuda_graphs), self.compile(scale, cuda_graphs)) \

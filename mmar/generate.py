@@ -64,13 +64,18 @@ class SamplingConfig:
 class Sequence:
     """The growing sequence of one generation: cached (static KV cache) or recomputed every step.
 
-    `take(n)` hands out the next n cache slots; `feed(x, slots, positions, block)` appends x there
-    and returns its hidden states. The cached feed is the transformer itself, which a compiled
+    `take(n)` hands out the next n cache slots; `feed(x, slots, positions, block, visible)` appends x
+    there and returns its hidden states. The cached feed is the transformer itself, which a compiled
     decode step calls directly (`feed_fn`); the cache length is rounded up to a multiple of
     `CACHE_MULTIPLE`, so prompts of nearby lengths share one compiled graph.
+
+    `repeated`: the batch's last `repeated` rows are one row many times (guidance's unconditional
+    rows): the cached prefill computes that row once and copies its cache (`Transformer.share_row`);
+    the recomputing reference path computes every row.
     """
 
-    def __init__(self, model: MMAR, batch: Batch, extra: int, use_cache: bool, compile_recompute: bool = False) -> None:
+    def __init__(self, model: MMAR, batch: Batch, extra: int, use_cache: bool, compile_recompute: bool = False,
+                 repeated: int = 0) -> None:
         self.model, self.use_cache = model, use_cache
         x = model.embed(batch.ids, batch.vectors)  # (B, T0, D)
         self.length = 0
@@ -78,13 +83,19 @@ class Sequence:
             needed = x.shape[1] + extra
             model.transformer.setup_caches(x.shape[0], cache_length(needed, model.transformer.config.max_len))
             self.feed_fn = model.transformer
+            rows = x.shape[0] - max(repeated - 1, 0)  # the rows computed: all but the copies
+            hidden = self.feed(x[:rows], self.take(x.shape[1]), batch.positions[:rows], batch.block[:rows])[:, -1]
+            if rows < x.shape[0]:
+                model.transformer.share_row(rows - 1)
+                hidden = torch.cat([hidden, hidden[-1:].expand(x.shape[0] - rows, -1)])  # (B, D)
+            self.last_hidden = hidden  # (B, D)
         else:
             # The recomputed forward grows by one position a step: compiled (for `mmar bench`'s
             # like-for-like comparison) once for every length, with dynamic shapes.
             self.forward = torch.compile(model.transformer, dynamic=True) if compile_recompute else model.transformer
             self.feed_fn = self.feed
             self.x, self.positions, self.block = x[:, :0], batch.positions[:, :0], batch.block[:, :0]  # empty so far
-        self.last_hidden = self.feed(x, self.take(x.shape[1]), batch.positions, batch.block)[:, -1]  # (B, D) prefill
+            self.last_hidden = self.feed(x, self.take(x.shape[1]), batch.positions, batch.block)[:, -1]  # (B, D)
 
     def take(self, n: int) -> torch.Tensor:
         """The next n slots (n,), in order."""
@@ -92,10 +103,13 @@ class Sequence:
         self.length += n
         return slots
 
-    def feed(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
-        """Append x (B, n, D) at `slots` (n,), `positions` (B, n, 3), attention `block` (B, n) -> hidden (B, n, D)."""
+    def feed(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor,
+             visible: int | None = None) -> torch.Tensor:
+        """Append x (B, n, D) at `slots` (n,), `positions` (B, n, 3), attention `block` (B, n) -> hidden (B, n, D).
+
+        Cached, attention reads the first `visible` slots (default: every slot handed out so far)."""
         if self.use_cache:
-            return self.model.transformer(x, slots, positions, block)
+            return self.model.transformer(x, slots, positions, block, self.length if visible is None else visible)
         self.positions = torch.cat([self.positions, positions], dim=1)  # (B, T, 3)
         self.block = torch.cat([self.block, block], dim=1)  # (B, T)
         self.x = torch.cat([self.x, x], dim=1)  # (B, T, D)
@@ -175,7 +189,8 @@ def generate(
     compile_step = device.type == "cuda" if compile_step is None else compile_step
     batch = prompt_batch(model, prompts, modality, config.guided).to(device)
     generator = torch.Generator(device).manual_seed(config.seed)
-    sequence = Sequence(model, batch, spec.num_tokens, use_cache, compile_recompute=compile_step and not use_cache)
+    sequence = Sequence(model, batch, spec.num_tokens, use_cache, compile_recompute=compile_step and not use_cache,
+                        repeated=len(prompts) if config.guided else 0)
     options = {"temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p,
                "plausibility": config.plausibility, **config.head_options}
     steps = DecodeSteps(model, spec.name, options, config.guided, sequence.feed_fn, compile_step and use_cache,
@@ -264,7 +279,8 @@ def _fill_scales(model, sequence, spec, start, config, generator, steps, progres
     offset = 1
     for k, (h, w) in enumerate(scales[1:], start=1):
         noise = head.draw_noise(num_rows * h * w, generator, device, dtype)  # (N*h*w, 1, 1)
-        codes = steps.scale(k, codes, sequence.take(h * w), positions[:, offset:offset + h * w],
+        slots = sequence.take(h * w)  # (h*w,): attention reads the sequence.length slots written by then
+        codes = steps.scale(k, codes, slots, sequence.length, positions[:, offset:offset + h * w],
                             _at(guidance, k), noise)  # (N, offset + h*w)
         offset += h * w
         if progress is not None:

@@ -104,10 +104,14 @@ class KVCache(nn.Module):
         self.register_buffer("keys", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("values", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys.index_copy_(2, slots, keys)
-        self.values.index_copy_(2, slots, values)
-        return self.keys, self.values
+    def update(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write keys, values (B', H_kv, T, hd) of the first B' rows at `slots` (T,) -> the first B'
+        rows' keys, values over the first `visible` slots (all when None): (B', H_kv, visible, hd)."""
+        rows = keys.shape[0]
+        self.keys[:rows].index_copy_(2, slots, keys)
+        self.values[:rows].index_copy_(2, slots, values)
+        return self.keys[:rows, :, :visible], self.values[:rows, :, :visible]
 
 
 class Attention(nn.Module):
@@ -118,14 +122,14 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.num_heads * config.head_dim, config.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, slots, mask):
+    def forward(self, x, cos, sin, slots, mask, visible=None):
         batch, length, _ = x.shape
         qkv = self.qkv(x).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H + 2 H_kv, T, hd)
         rotated = self.num_heads + self.num_kv_heads
         qk = apply_rotary(qkv[:, :rotated], cos, sin)  # (B, H + H_kv, T, hd): queries and keys in one go
         q, k, v = qk[:, :self.num_heads], qk[:, self.num_heads:], qkv[:, rotated:]
         if self.cache is not None:
-            k, v = self.cache.update(slots, k, v)  # (B, H_kv, L, hd) each
+            k, v = self.cache.update(slots, k, v, visible)  # (B, H_kv, L, hd) each
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
         return self.out(y.transpose(1, 2).reshape(batch, length, -1))  # (B, T, H hd)
 
@@ -151,8 +155,8 @@ class Block(nn.Module):
         self.mlp = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)  # identity in eval mode and at p = 0
 
-    def forward(self, x, cos, sin, slots, mask):
-        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, slots, mask))
+    def forward(self, x, cos, sin, slots, mask, visible=None):
+        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, slots, mask, visible))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -216,18 +220,33 @@ class Transformer(nn.Module):
         if release:
             self._spare_caches = None
 
-    def forward(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    def share_row(self, source: int) -> None:
+        """Copy cache row `source` (keys, values, block ids) into every row after it: a prefill that
+        computed one row for many identical ones (the unconditional rows of guidance)."""
+        for layer in self.layers:
+            cache = layer.attention.cache
+            cache.keys[source + 1:] = cache.keys[source]
+            cache.values[source + 1:] = cache.values[source]
+        self.cache_block[source + 1:] = self.cache_block[source]
+
+    def forward(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor,
+                visible: int | None = None) -> torch.Tensor:
+        """With caches, x may cover the first B' rows of the cache only (`share_row` fills the rest), and
+        `visible` (a Python int: static under torch.compile) limits attention to the first `visible`
+        cache slots, which must include every slot written so far: the caller's count of written slots
+        (a next-scale scale, a prefill) saves attending to the empty end of the cache."""
         if self.cache_block is not None:
-            self.cache_block.index_copy_(1, slots, block)
-            key_block = self.cache_block  # (B, L)
+            cache_block = self.cache_block[:x.shape[0]]  # (B', L)
+            cache_block.index_copy_(1, slots, block)
+            key_block = cache_block[:, :visible]  # (B', visible)
         else:
             if x.shape[1] > self.config.max_len:
                 raise ValueError(f"sequence of {x.shape[1]} positions exceeds the model's max_len {self.config.max_len}")
             key_block = block  # (B, T)
-        visible = block_mask(block, key_block, slots)  # (B, 1, T, L) bool
+        sees = block_mask(block, key_block, slots)  # (B, 1, T, L) bool
         # One additive mask for every layer (a bool mask is converted again inside each SDPA call).
-        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
+        mask = torch.zeros(sees.shape, dtype=x.dtype, device=x.device).masked_fill_(~sees, float("-inf"))
         cos, sin = self.rotary(positions, x.dtype)  # (B, 1, T, hd) each
         for layer in self.layers:
-            x = layer(x, cos, sin, slots, mask)
+            x = layer(x, cos, sin, slots, mask, visible)
         return self.norm(x)

@@ -65,6 +65,27 @@ def test_cached_decode_equals_full_forward():
     model.setup_caches(2, 16)
     prefix = model(x[:, :6], torch.arange(6), positions[:, :6], block[:, :6])
     steps = [model(x[:, i:i + 1], torch.tensor([i]), positions[:, i:i + 1], block[:, i:i + 1]) for i in range(6, 10)]
+
+
+def test_shared_prefill_row_and_visible_slots_equal_the_full_computation():
+    """A prefill of the first rows whose last row stands for the rest (`share_row`), then steps that
+    attend to the written slots only (`visible`), give what every row and the whole cache give."""
+    torch.manual_seed(0)
+    model = Transformer(CONFIG).double().eval()
+    x, positions, block = _inputs(batch=4)
+    x[3], positions[3], block[3] = x[2], positions[2], block[2]  # rows 2 and 3 are one row
+    model.setup_caches(4, 16)
+    full_prefix = model(x[:, :6], torch.arange(6), positions[:, :6], block[:, :6])
+    full_steps = [model(x[:, i:i + 1], torch.tensor([i]), positions[:, i:i + 1], block[:, i:i + 1])
+                  for i in range(6, 10)]
+    model.setup_caches(4, 16)
+    prefix = model(x[:3, :6], torch.arange(6), positions[:3, :6], block[:3, :6], visible=6)  # rows 0..2 only
+    model.share_row(2)
+    steps = [model(x[:, i:i + 1], torch.tensor([i]), positions[:, i:i + 1], block[:, i:i + 1], visible=i + 1)
+             for i in range(6, 10)]
+    model.clear_caches()
+    torch.testing.assert_close(prefix, full_prefix[:3], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(torch.cat(steps, dim=1), torch.cat(full_steps, dim=1), rtol=1e-10, atol=1e-10)
     model.clear_caches()
     torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, rtol=1e-10, atol=1e-10)
 
