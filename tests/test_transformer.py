@@ -65,6 +65,8 @@ def test_cached_decode_equals_full_forward():
     model.setup_caches(2, 16)
     prefix = model(x[:, :6], torch.arange(6), positions[:, :6], block[:, :6])
     steps = [model(x[:, i:i + 1], torch.tensor([i]), positions[:, i:i + 1], block[:, i:i + 1]) for i in range(6, 10)]
+    model.clear_caches()
+    torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, rtol=1e-10, atol=1e-10)
 
 
 def test_shared_prefill_row_and_visible_slots_equal_the_full_computation():
@@ -86,8 +88,6 @@ def test_shared_prefill_row_and_visible_slots_equal_the_full_computation():
     model.clear_caches()
     torch.testing.assert_close(prefix, full_prefix[:3], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(torch.cat(steps, dim=1), torch.cat(full_steps, dim=1), rtol=1e-10, atol=1e-10)
-    model.clear_caches()
-    torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, rtol=1e-10, atol=1e-10)
 
 
 def test_left_padding_changes_nothing():
