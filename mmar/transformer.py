@@ -130,8 +130,26 @@ class Attention(nn.Module):
         q, k, v = qk[:, :self.num_heads], qk[:, self.num_heads:], qkv[:, rotated:]
         if self.cache is not None:
             k, v = self.cache.update(slots, k, v, visible)  # (B, H_kv, L, hd) each
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
+        if length == 1 and torch.compiler.is_compiling():
+            y = attend_one(q, k, v, mask)  # (B, H, 1, hd): a compiled decode step
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
         return self.out(y.transpose(1, 2).reshape(batch, length, -1))  # (B, T, H hd)
+
+
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one query per row, q (B, H, 1, hd), over k, v (B, H_kv, L, hd) with an additive
+    mask (B, 1, 1, L) -> (B, H, 1, hd), written out as two matmuls around a softmax.
+
+    For the compiled decode step: inductor fuses the scale, mask and softmax into one kernel, and
+    each key/value head serves its group of query heads without a copy. Measured on CPU (d=192,
+    6 heads over 2 KV heads, batch 16 with guidance, 64-token image): the decode loop ~12% faster
+    than with SDPA's flash kernel, whose per-call set-up outweighs one query's work."""
+    batch, heads, _, head_dim = q.shape
+    kv_heads, length = k.shape[1], k.shape[2]
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads, head_dim) * head_dim ** -0.5  # (B, H_kv, G, hd)
+    scores = grouped @ k.transpose(-1, -2) + mask.view(batch, 1, 1, length)  # (B, H_kv, G, L)
+    return (scores.softmax(dim=-1) @ v).view(batch, heads, 1, head_dim)
 
 
 class FeedForward(nn.Module):

@@ -123,3 +123,17 @@ def test_too_long_sequence_is_a_clear_error():
         assert "max_len" in str(error)
     else:
         raise AssertionError("expected a ValueError")
+
+
+def test_attend_one_equals_sdpa_with_grouped_heads_and_mask():
+    """The compiled decode step's written-out attention of one query gives SDPA's answer."""
+    from mmar.transformer import attend_one
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 6, 1, 8, generator=generator, dtype=torch.float64)
+    k, v = (torch.randn(3, 2, 10, 8, generator=generator, dtype=torch.float64) for _ in range(2))
+    mask = torch.zeros(3, 1, 1, 10, dtype=torch.float64)
+    mask[0, ..., :4] = float("-inf")  # padding and unwritten slots
+    mask[2, ..., 7:] = float("-inf")
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(attend_one(q, k, v, mask), expected, rtol=1e-12, atol=1e-12)
