@@ -6,10 +6,14 @@ and lets the head draw — logits or the flow ODE solve, guidance mixing, top-k 
 Its shapes are the same at every step and it never reads a value back to the host: the cache slot,
 the positions, the guidance scale of a schedule and the random numbers come in as tensors (the
 random numbers drawn from the sampling generator outside, in the same order eager or compiled,
-`Head.draw_noise`), so one graph serves every step and the Python loop in `mmar/generate.py` only
-calls it. A next-scale step draws a whole scale and computes that scale's inputs from the codes
-drawn so far inside the step (the tokenizer's `teacher_inputs`); each scale has its own shapes,
-so each compiles once. Prefill stays outside: its length follows the prompt.
+`Head.draw_noise`), so one graph serves every step of a cache span and the Python loop in
+`mmar/generate.py` only calls it. The span is the part of the KV cache a step attends to, a
+static count of slots: a quarter, a half, three quarters or all of the cache (`Sequence.span`), so
+a next-token loop runs at most four graphs and reads ~5/8 of the cache on average. A next-scale step
+draws a whole scale and computes that scale's inputs from the codes drawn so far inside the step
+(the tokenizer's `teacher_inputs`), attending to exactly the slots written by then; each scale has
+its own shapes, so each compiles once. Prefill stays outside: its length follows the prompt, and it
+computes guidance's unconditional rows, which are one row repeated, once.
 
 Where the ideas come from (the code is written here): gpt-fast (pytorch-labs) compiles its
 `decode_one_token` — model step and sampling — with `mode="reduce-overhead"` and clones the tokens
@@ -28,7 +32,7 @@ import torch
 from mmar import patterns
 from mmar.model import MMAR
 
-#: compiled graphs one step function may keep: batch sizes x next-scale scale shapes x settings
+#: compiled graphs one step function may keep: batch sizes x next-scale scales or cache spans x settings
 #: (dynamo's default of 8 is spent by six scales at two batch sizes).
 RECOMPILE_LIMIT = 64
 
@@ -50,13 +54,14 @@ def draw(model: MMAR, name: str, options: dict[str, Any], hidden: torch.Tensor, 
 
 
 def causal_step(model: MMAR, name: str, options: dict[str, Any], feed: Feed, copies: int, token: torch.Tensor,
-                slot: torch.Tensor, position: torch.Tensor, guidance: torch.Tensor | None, noise: torch.Tensor,
-                hole: torch.Tensor | None) -> torch.Tensor:
-    """Feed the last drawn token (N, ...) at cache `slot` (1,) and `position` (B, 1, 3); draw the next (N, ...)."""
+                slot: torch.Tensor, span: int | None, position: torch.Tensor, guidance: torch.Tensor | None,
+                noise: torch.Tensor, hole: torch.Tensor | None) -> torch.Tensor:
+    """Feed the last drawn token (N, ...) at cache `slot` (1,) and `position` (B, 1, 3), attending to the
+    first `span` cache slots (static: a graph per span, `Sequence.span`); draw the next (N, ...)."""
     tokens = torch.cat([token] * copies)  # (B, ...): both guidance halves get the drawn token
     x = model.embed_tokens(name, tokens)[:, None]  # (B, 1, D)
     block = slot.expand(x.shape[0], 1)  # (B, 1): its own block, causal
-    hidden = feed(x, slot, position, block, None)[:, -1]  # (B, D): the whole cache (one graph for every step)
+    hidden = feed(x, slot, position, block, span)[:, -1]  # (B, D)
     return draw(model, name, options, hidden, guidance, noise, hole)  # (N, ...)
 
 
@@ -94,12 +99,12 @@ class DecodeSteps:
         cuda_graphs = compiled and next(model.parameters()).device.type == "cuda"
 
         # Closures, not arguments: dynamo treats the settings as constants (guarded by value), so
-        # `temperature == 0` or a top-k is decided while tracing, and one graph serves every step.
+        # `temperature == 0` or a top-k is decided while tracing, and one graph serves every step of a span.
         def first(hidden, guidance, noise, hole):
             return draw(model, name, options, hidden, guidance, noise, hole)
 
-        def causal(token, slot, position, guidance, noise, hole):
-            return causal_step(model, name, options, feed, copies, token, slot, position, guidance, noise, hole)
+        def causal(token, slot, span, position, guidance, noise, hole):
+            return causal_step(model, name, options, feed, copies, token, slot, span, position, guidance, noise, hole)
 
         def scale(index, codes, slots, visible, positions, guidance, noise):
             return scale_step(model, name, options, feed, copies, teacher_inputs, index, codes, slots, visible,

@@ -13,6 +13,7 @@ through `MMAR.embed_tokens`, the same path training uses.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -69,25 +70,30 @@ class Sequence:
     decode step calls directly (`feed_fn`); the cache length is rounded up to a multiple of
     `CACHE_MULTIPLE`, so prompts of nearby lengths share one compiled graph.
 
-    `repeated`: the batch's last `repeated` rows are one row many times (guidance's unconditional
-    rows): the cached prefill computes that row once and copies its cache (`Transformer.share_row`);
-    the recomputing reference path computes every row.
+    `sources`: row i of the batch repeats row `sources[i]` (itself if first): the cached prefill
+    computes each distinct row once and copies its cache (`Transformer.spread_rows`): several samples
+    of one prompt, and guidance's unconditional rows, all one row. The recomputing reference path
+    computes every row.
     """
 
     def __init__(self, model: MMAR, batch: Batch, extra: int, use_cache: bool, compile_recompute: bool = False,
-                 repeated: int = 0) -> None:
+                 sources: list[int] | None = None) -> None:
         self.model, self.use_cache = model, use_cache
         x = model.embed(batch.ids, batch.vectors)  # (B, T0, D)
         self.length = 0
         if use_cache:
-            needed = x.shape[1] + extra
-            model.transformer.setup_caches(x.shape[0], cache_length(needed, model.transformer.config.max_len))
+            self.capacity = cache_length(x.shape[1] + extra, model.transformer.config.max_len)  # cache slots
+            model.transformer.setup_caches(x.shape[0], self.capacity)
             self.feed_fn = model.transformer
-            rows = x.shape[0] - max(repeated - 1, 0)  # the rows computed: all but the copies
-            hidden = self.feed(x[:rows], self.take(x.shape[1]), batch.positions[:rows], batch.block[:rows])[:, -1]
-            if rows < x.shape[0]:
-                model.transformer.share_row(rows - 1)
-                hidden = torch.cat([hidden, hidden[-1:].expand(x.shape[0] - rows, -1)])  # (B, D)
+            distinct = sorted(set(range(x.shape[0]) if sources is None else sources))  # the rows computed
+            positions, block = batch.positions, batch.block
+            if len(distinct) < x.shape[0]:
+                x, positions, block = x[distinct], positions[distinct], block[distinct]  # (R, T0, ...)
+            hidden = self.feed(x, self.take(x.shape[1]), positions, block)[:, -1]  # (R, D)
+            if len(distinct) < len(batch.ids):
+                index = torch.tensor([distinct.index(source) for source in sources], device=hidden.device)  # (B,)
+                model.transformer.spread_rows(index)
+                hidden = hidden[index]  # (B, D)
             self.last_hidden = hidden  # (B, D)
         else:
             # The recomputed forward grows by one position a step: compiled (for `mmar bench`'s
@@ -96,6 +102,16 @@ class Sequence:
             self.feed_fn = self.feed
             self.x, self.positions, self.block = x[:, :0], batch.positions[:, :0], batch.block[:, :0]  # empty so far
             self.last_hidden = self.feed(x, self.take(x.shape[1]), batch.positions, batch.block)[:, -1]  # (B, D)
+
+    def span(self, written: int) -> int | None:
+        """The cache slots a decode step attends to once `written` slots hold values: the smallest
+        multiple of a quarter of the cache (itself a multiple of CACHE_MULTIPLE) that holds them, so a
+        compiled decode loop runs at most four graphs and reads on average ~5/8 of the cache instead
+        of all of it. None uncached (the recomputed sequence is exactly as long as written)."""
+        if not self.use_cache:
+            return None
+        quarter = -(-self.capacity // (4 * CACHE_MULTIPLE)) * CACHE_MULTIPLE
+        return min(self.capacity, -(-written // quarter) * quarter)
 
     def take(self, n: int) -> torch.Tensor:
         """The next n slots (n,), in order."""
@@ -150,6 +166,13 @@ def prompt_batch(model: MMAR, prompts: list[torch.Tensor], modality: str, guided
     return pack(samples, model.layout)
 
 
+def first_copies(prompts: list[torch.Tensor], guided: bool) -> list[int]:
+    """Row i of `prompt_batch` -> the first row with the same prompt (the empty text's rows: row N)."""
+    first: dict[tuple[int, ...], int] = {}
+    rows = [first.setdefault(tuple(prompt.tolist()), i) for i, prompt in enumerate(prompts)]
+    return rows + [len(prompts)] * len(prompts) if guided else rows
+
+
 def _device(model: MMAR) -> torch.device:
     return model.token_embedding.weight.device
 
@@ -190,7 +213,7 @@ def generate(
     batch = prompt_batch(model, prompts, modality, config.guided).to(device)
     generator = torch.Generator(device).manual_seed(config.seed)
     sequence = Sequence(model, batch, spec.num_tokens, use_cache, compile_recompute=compile_step and not use_cache,
-                        repeated=len(prompts) if config.guided else 0)
+                        sources=first_copies(prompts, config.guided))
     options = {"temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p,
                "plausibility": config.plausibility, **config.head_options}
     steps = DecodeSteps(model, spec.name, options, config.guided, sequence.feed_fn, compile_step and use_cache,
@@ -234,6 +257,7 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
     device, head = start.device, model.heads[spec.name]
     num_rows = len(start) // (2 if config.guided else 1)
     positions = grid_positions(spec.grid, start, n)  # (B, n, 3)
+    written = sequence.length  # slots holding values before the first drawn token is fed back
     slots = sequence.take(n - 1)  # (n-1,) the drawn tokens but the last are fed back
     guidance = _guidance(config, n, device)  # (n,) or None
     holes = patterns.hole_mask(spec.pattern, spec.num_cells, spec.num_codebooks).to(device) \
@@ -245,20 +269,22 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
     if progress is not None:
         progress(1, n)
 
-    def advance(i: int, token: torch.Tensor) -> torch.Tensor:
+    def advance(i: int, token: torch.Tensor, span: int | None) -> torch.Tensor:
         """Feed position i-1's token, draw position i's (N, ...)."""
         noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, ...): drawn outside, so the step stays pure
-        token = steps.causal(token, slots[i - 1:i], positions[:, i - 1:i], _at(guidance, i), noise, holes[i])
+        token = steps.causal(token, slots[i - 1:i], span, positions[:, i - 1:i], _at(guidance, i), noise, holes[i])
         drawn.append(steps.keep(token))  # (N, ...)
         if progress is not None:
             progress(i + 1, n)
         return token
 
-    if n > 1:
-        token = advance(1, token)  # the first step: compiles on first use, guards checked in full
-    with steps.steady():
-        for i in range(2, n):
-            token = advance(i, token)
+    # Step i writes slot written + i - 1 and attends to the span holding it: one graph per span.
+    for span, run in itertools.groupby(range(1, n), key=lambda i: sequence.span(written + i)):
+        first, *rest = run
+        token = advance(first, token, span)  # a span's first step: compiles on first use, guards checked in full
+        with steps.steady():
+            for i in rest:
+                token = advance(i, token, span)
     out = torch.stack(drawn, dim=1)  # (N, n, ...)
     if spec.multi_codebook:
         out = patterns.deinterleave(spec.pattern, out, spec.num_cells)  # (N, cells, Q)

@@ -238,18 +238,18 @@ class Transformer(nn.Module):
         if release:
             self._spare_caches = None
 
-    def share_row(self, source: int) -> None:
-        """Copy cache row `source` (keys, values, block ids) into every row after it: a prefill that
-        computed one row for many identical ones (the unconditional rows of guidance)."""
+    def spread_rows(self, index: torch.Tensor) -> None:
+        """After a prefill of the caches' first R rows, row i of every cache becomes computed row
+        `index[i]` (B,) (keys, values, block ids): a prefill that computed each distinct row once."""
         for layer in self.layers:
             cache = layer.attention.cache
-            cache.keys[source + 1:] = cache.keys[source]
-            cache.values[source + 1:] = cache.values[source]
-        self.cache_block[source + 1:] = self.cache_block[source]
+            cache.keys.copy_(cache.keys[index])
+            cache.values.copy_(cache.values[index])
+        self.cache_block.copy_(self.cache_block[index])
 
     def forward(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor,
                 visible: int | None = None) -> torch.Tensor:
-        """With caches, x may cover the first B' rows of the cache only (`share_row` fills the rest), and
+        """With caches, x may cover the first B' rows of the cache only (`spread_rows` fills the rest), and
         `visible` (a Python int: static under torch.compile) limits attention to the first `visible`
         cache slots, which must include every slot written so far: the caller's count of written slots
         (a next-scale scale, a prefill) saves attending to the empty end of the cache."""

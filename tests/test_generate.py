@@ -31,6 +31,29 @@ def test_cached_equals_uncached(head_name, guidance):
         assert torch.equal(cached, uncached)
 
 
+def test_repeated_prompts_are_prefilled_once_and_draw_as_if_each_were_computed(head_name):
+    """Samples of one prompt share one prefilled row (and guidance's empty-text rows another): the
+    cached, deduplicated prefill draws exactly what recomputing every row draws."""
+    model = tiny_model(head_name, torch.float64)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0].clone(), PROMPTS[0]]
+    teacher = fake_teacher_inputs(SPECS[head_name], torch.float64) if head_name == "next_scale" else None
+    config = SamplingConfig(guidance_scale=3.0, seed=3, head_options={"num_steps": 4} if head_name == "flow_matching" else {})
+    runs = [generate(model, prompts, "image", config, teacher_inputs=teacher, use_cache=cached) for cached in (True, False)]
+    if head_name == "flow_matching":
+        torch.testing.assert_close(runs[0], runs[1], rtol=1e-9, atol=1e-9)
+    else:
+        assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0][0], runs[0][2])  # one prefill, yet each sample draws its own codes
+
+
+def test_first_copies_maps_each_row_to_its_first_equal():
+    from mmar.generate import first_copies
+
+    a, b = torch.tensor([1, 2]), torch.tensor([3])
+    assert first_copies([a, b, a.clone()], guided=False) == [0, 1, 0]
+    assert first_copies([a, b, a.clone()], guided=True) == [0, 1, 0, 3, 3, 3]
+
+
 def test_output_shapes(head_name):
     model = tiny_model(head_name, torch.float64)
     out = _generate(model, head_name, SamplingConfig(seed=0))

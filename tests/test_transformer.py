@@ -70,7 +70,7 @@ def test_cached_decode_equals_full_forward():
 
 
 def test_shared_prefill_row_and_visible_slots_equal_the_full_computation():
-    """A prefill of the first rows whose last row stands for the rest (`share_row`), then steps that
+    """A prefill of the distinct rows only, spread to the rest (`spread_rows`), then steps that
     attend to the written slots only (`visible`), give what every row and the whole cache give."""
     torch.manual_seed(0)
     model = Transformer(CONFIG).double().eval()
@@ -82,7 +82,7 @@ def test_shared_prefill_row_and_visible_slots_equal_the_full_computation():
                   for i in range(6, 10)]
     model.setup_caches(4, 16)
     prefix = model(x[:3, :6], torch.arange(6), positions[:3, :6], block[:3, :6], visible=6)  # rows 0..2 only
-    model.share_row(2)
+    model.spread_rows(torch.tensor([0, 1, 2, 2]))
     steps = [model(x[:, i:i + 1], torch.tensor([i]), positions[:, i:i + 1], block[:, i:i + 1], visible=i + 1)
              for i in range(6, 10)]
     model.clear_caches()
