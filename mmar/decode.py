@@ -8,8 +8,8 @@ the positions, the guidance scale of a schedule and the random numbers come in a
 random numbers drawn from the sampling generator outside, in the same order eager or compiled,
 `Head.draw_noise`), so one graph serves every step of a cache span and the Python loop in
 `mmar/generate.py` only calls it. The span is the part of the KV cache a step attends to, a
-static count of slots: a quarter, a half, three quarters or all of the cache (`Sequence.span`), so
-a next-token loop runs at most four graphs and reads ~5/8 of the cache on average. A next-scale step
+static count of slots in steps of a quarter of the cache, at least 128 (`Sequence.span`): a loop
+runs at most four graphs (one for a short cache) and a long one reads ~5/8 of the cache on average. A next-scale step
 draws a whole scale and computes that scale's inputs from the codes drawn so far inside the step
 (the tokenizer's `teacher_inputs`), attending to exactly the slots written by then; each scale has
 its own shapes, so each compiles once. Prefill stays outside: its length follows the prompt, and it

@@ -105,13 +105,15 @@ class Sequence:
 
     def span(self, written: int) -> int | None:
         """The cache slots a decode step attends to once `written` slots hold values: the smallest
-        multiple of a quarter of the cache (itself a multiple of CACHE_MULTIPLE) that holds them, so a
-        compiled decode loop runs at most four graphs and reads on average ~5/8 of the cache instead
-        of all of it. None uncached (the recomputed sequence is exactly as long as written)."""
+        multiple of the span unit that holds them. The unit is a quarter of the cache in whole
+        CACHE_MULTIPLEs, at least SPAN_MIN slots: a compiled decode loop runs at most four graphs (one
+        for a short cache, where reading it all costs little against another compile) and a long
+        one reads ~5/8 of the cache on average. None uncached (the recomputed sequence is exactly
+        as long as written)."""
         if not self.use_cache:
             return None
-        quarter = -(-self.capacity // (4 * CACHE_MULTIPLE)) * CACHE_MULTIPLE
-        return min(self.capacity, -(-written // quarter) * quarter)
+        unit = max(SPAN_MIN, -(-self.capacity // (4 * CACHE_MULTIPLE)) * CACHE_MULTIPLE)
+        return min(self.capacity, -(-written // unit) * unit)
 
     def take(self, n: int) -> torch.Tensor:
         """The next n slots (n,), in order."""
@@ -149,6 +151,8 @@ class Sequence:
 
 #: the cache length is a multiple of this (capped at the model's max_len): fewer distinct shapes to compile
 CACHE_MULTIPLE = 32
+#: the smallest span of cache slots a compiled next-token step attends to (`Sequence.span`)
+SPAN_MIN = 128
 
 
 def cache_length(needed: int, limit: int) -> int:

@@ -46,6 +46,20 @@ def test_repeated_prompts_are_prefilled_once_and_draw_as_if_each_were_computed(h
     assert not torch.equal(runs[0][0], runs[0][2])  # one prefill, yet each sample draws its own codes
 
 
+def test_a_long_cache_attended_in_spans_draws_what_recomputing_draws():
+    """A 12x12 image after a prompt fills a 160-slot cache: the cached loop attends to 128 slots, then
+    to all 160 (`Sequence.span`), and draws what recomputing the whole sequence draws."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    spec = ModalitySpec("image", 16, 1, 0, (1, 12, 12))
+    config = MMARConfig(replace(TINY, max_len=256), [spec], {"text": HeadChoice(), "image": HeadChoice("next_token")})
+    model = MMAR(config).double().eval()
+    sampling = SamplingConfig(guidance_scale=3.0, seed=1)
+    cached, uncached = (generate(model, PROMPTS, "image", sampling, use_cache=flag) for flag in (True, False))
+    assert torch.equal(cached, uncached)
+
+
 def test_first_copies_maps_each_row_to_its_first_equal():
     from mmar.generate import first_copies
 
@@ -131,6 +145,13 @@ def _compile_case(case):
         torch.manual_seed(0)
         config = MMARConfig(TINY, [RVQ], {"text": HeadChoice(), "audio": HeadChoice("next_token")})
         return MMAR(config).double().eval(), "audio", None
+    if case == "spans":  # a 160-slot cache: the loop runs one graph for 128 slots, then one for all 160
+        torch.manual_seed(0)
+        from dataclasses import replace
+
+        spec = ModalitySpec("image", 16, 1, 0, (1, 12, 12))
+        config = MMARConfig(replace(TINY, max_len=256), [spec], {"text": HeadChoice(), "image": HeadChoice("next_token")})
+        return MMAR(config).double().eval(), "image", None
     model = tiny_model(case, torch.float64)
     if case != "next_scale":
         return model, "image", None
@@ -147,7 +168,7 @@ def _compile_case(case):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
-@pytest.mark.parametrize("case", ["next_token", "next_scale", "flow_matching", "delay"])
+@pytest.mark.parametrize("case", ["next_token", "next_scale", "flow_matching", "delay", "spans"])
 def test_compiled_decode_step_equals_eager(case):
     """The whole decode step compiled (inductor, C++ on CPU; one tiny model per head kind) draws what
     the eager step draws for the same seed, under a guidance schedule with top-k / top-p, and again
