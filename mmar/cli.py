@@ -486,19 +486,29 @@ def _check_steps(pipeline, modality: str | None, steps) -> None:
 
 
 def _warmup_reporter():
-    """A progress callback that makes the compiled step's warm-up visible: the second step of a
-    segment is the first compiled call, so it says so before it and how long it took after."""
-    started = {}
+    """A progress callback that makes the compiled step's warm-ups visible: the second step of a
+    segment is the first compiled call, so it says so before it and how long it took after; a later
+    step that stalls for seconds compiled the graph of a longer cache span (`Sequence.span`)."""
+    started, last = {}, {}
 
     def report(modality: str, done: int, total: int) -> None:
+        now = time.perf_counter()
         if done == 1 and total > 1:
             print(f"{modality}: compiling the decode step on first use (warm-up) ...", file=sys.stderr, flush=True)
-            started[modality] = time.perf_counter()
+            started[modality] = now
         elif done == 2 and modality in started:
-            print(f"{modality}: warm-up done in {time.perf_counter() - started.pop(modality):.1f} s; drawing "
+            print(f"{modality}: warm-up done in {now - started.pop(modality):.1f} s; drawing "
                   f"{total} steps", file=sys.stderr, flush=True)
+        elif done > 2 and now - last.get(modality, now) > SPAN_WARMUP_S:
+            print(f"{modality}: step {done} of {total} compiled the step for a longer cache span in "
+                  f"{now - last[modality]:.1f} s", file=sys.stderr, flush=True)
+        last[modality] = now
 
     return report
+
+
+#: a decode step slower than this (seconds) after the first was compiling (a longer cache span)
+SPAN_WARMUP_S = 2.0
 
 
 def _generate(args) -> int:

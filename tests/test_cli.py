@@ -136,3 +136,18 @@ def test_bench_compile_without_a_cxx_compiler_is_a_one_line_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mmar.cli", "bench", "--quick", "--compile", "--device", "cpu"],
                             capture_output=True, text=True, timeout=120, env={**env, "PATH": str(tmp_path)})
     _assert_one_line_error(result, "needs a C++ compiler")
+
+
+def test_warmup_reporter_tells_the_first_compile_and_a_later_span_compile(monkeypatch, capsys):
+    from mmar import cli
+
+    clock = iter([0.0, 20.0, 20.1, 20.2, 25.0, 25.1])  # step 2 took 20 s (warm-up); step 5 stalled 4.8 s
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    report = cli._warmup_reporter()
+    for done in range(1, 7):
+        report("image", done, 64)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "image: compiling the decode step on first use (warm-up) ..."
+    assert lines[1] == "image: warm-up done in 20.0 s; drawing 64 steps"
+    assert lines[2] == "image: step 5 of 64 compiled the step for a longer cache span in 4.8 s"
+    assert len(lines) == 3  # steady steps say nothing
