@@ -112,8 +112,8 @@ class Sequence:
         as long as written)."""
         if not self.use_cache:
             return None
-        unit = max(SPAN_MIN, -(-self.capacity // (4 * CACHE_MULTIPLE)) * CACHE_MULTIPLE)
-        return min(self.capacity, -(-written // unit) * unit)
+        unit = max(SPAN_MIN, round_up(-(-self.capacity // 4), CACHE_MULTIPLE))
+        return min(self.capacity, round_up(written, unit))
 
     def take(self, n: int) -> torch.Tensor:
         """The next n slots (n,), in order."""
@@ -157,7 +157,12 @@ SPAN_MIN = 128
 
 def cache_length(needed: int, limit: int) -> int:
     """`needed` rounded up to a multiple of CACHE_MULTIPLE, at most `limit` (the transformer checks `needed`)."""
-    return max(needed, min(limit, -(-needed // CACHE_MULTIPLE) * CACHE_MULTIPLE))
+    return max(needed, min(limit, round_up(needed, CACHE_MULTIPLE)))
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is at least n."""
+    return -(-n // multiple) * multiple
 
 
 def prompt_batch(model: MMAR, prompts: list[torch.Tensor], modality: str, guided: bool) -> Batch:
