@@ -485,6 +485,10 @@ def _check_steps(pipeline, modality: str | None, steps) -> None:
         raise UsageError(f"--steps sets the ODE steps of a flow_matching head; {'/'.join(names)} uses {', '.join(others)}")
 
 
+#: a decode step slower than this (seconds) after the first was compiling (a longer cache span)
+SPAN_WARMUP_S = 2.0
+
+
 def _warmup_reporter():
     """A progress callback that makes the compiled step's warm-ups visible: the second step of a
     segment is the first compiled call, so it says so before it and how long it took after; a later
@@ -505,10 +509,6 @@ def _warmup_reporter():
         last[modality] = now
 
     return report
-
-
-#: a decode step slower than this (seconds) after the first was compiling (a longer cache span)
-SPAN_WARMUP_S = 2.0
 
 
 def _generate(args) -> int:

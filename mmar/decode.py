@@ -9,11 +9,12 @@ random numbers drawn from the sampling generator outside, in the same order eage
 `Head.draw_noise`), so one graph serves every step of a cache span and the Python loop in
 `mmar/generate.py` only calls it. The span is the part of the KV cache a step attends to, a
 static count of slots in steps of a quarter of the cache, at least 128 (`Sequence.span`): a loop
-runs at most four graphs (one for a short cache) and a long one reads ~5/8 of the cache on average. A next-scale step
-draws a whole scale and computes that scale's inputs from the codes drawn so far inside the step
-(the tokenizer's `teacher_inputs`), attending to exactly the slots written by then; each scale has
-its own shapes, so each compiles once. Prefill stays outside: its length follows the prompt, and it
-computes guidance's unconditional rows, which are one row repeated, once.
+runs at most four graphs (one for a short cache) and a long one reads ~5/8 of the cache on
+average. A next-scale step draws a whole scale and computes that scale's inputs from the codes
+drawn so far inside the step (the tokenizer's `teacher_inputs`), attending to exactly the slots
+written by then; each scale has its own shapes, so each compiles once. Prefill stays outside: its
+length follows the prompt, and it computes each distinct row once (repeated prompts and
+guidance's empty-text rows; `Sequence`).
 
 Where the ideas come from (the code is written here): gpt-fast (pytorch-labs) compiles its
 `decode_one_token` — model step and sampling — with `mode="reduce-overhead"` and clones the tokens

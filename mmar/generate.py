@@ -86,11 +86,12 @@ class Sequence:
             model.transformer.setup_caches(x.shape[0], self.capacity)
             self.feed_fn = model.transformer
             distinct = sorted(set(range(x.shape[0]) if sources is None else sources))  # the rows computed
+            repeats = len(distinct) < x.shape[0]
             positions, block = batch.positions, batch.block
-            if len(distinct) < x.shape[0]:
+            if repeats:
                 x, positions, block = x[distinct], positions[distinct], block[distinct]  # (R, T0, ...)
             hidden = self.feed(x, self.take(x.shape[1]), positions, block)[:, -1]  # (R, D)
-            if len(distinct) < len(batch.ids):
+            if repeats:
                 index = torch.tensor([distinct.index(source) for source in sources], device=hidden.device)  # (B,)
                 model.transformer.spread_rows(index)
                 hidden = hidden[index]  # (B, D)
