@@ -490,9 +490,10 @@ SPAN_WARMUP_S = 2.0
 
 
 def _warmup_reporter():
-    """A progress callback that makes the compiled step's warm-ups visible: the second step of a
-    segment is the first compiled call, so it says so before it and how long it took after; a later
-    step that stalls for seconds compiled the graph of a longer cache span (`Sequence.span`)."""
+    """A progress callback that makes the compiled step's warm-ups visible: the first compiled call
+    follows a segment's first step (a next-token step, or every next-scale scale after the first at
+    once), so it says so before it and how long it took after; a later step that stalls for seconds
+    compiled the graph of a longer cache span (`Sequence.span`)."""
     started, last = {}, {}
 
     def report(modality: str, done: int, total: int) -> None:
@@ -500,9 +501,10 @@ def _warmup_reporter():
         if done == 1 and total > 1:
             print(f"{modality}: compiling the decode step on first use (warm-up) ...", file=sys.stderr, flush=True)
             started[modality] = now
-        elif done == 2 and modality in started:
-            print(f"{modality}: warm-up done in {now - started.pop(modality):.1f} s; drawing "
-                  f"{total} steps", file=sys.stderr, flush=True)
+        elif modality in started:
+            rest = f"; drawing {total - done} more steps" if done < total else ""
+            print(f"{modality}: warm-up done in {now - started.pop(modality):.1f} s{rest}", file=sys.stderr,
+                  flush=True)
         elif done > 2 and now - last.get(modality, now) > SPAN_WARMUP_S:
             print(f"{modality}: step {done} of {total} compiled the step for a longer cache span in "
                   f"{now - last[modality]:.1f} s", file=sys.stderr, flush=True)

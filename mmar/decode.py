@@ -10,11 +10,11 @@ random numbers drawn from the sampling generator outside, in the same order eage
 `mmar/generate.py` only calls it. The span is the part of the KV cache a step attends to, a
 static count of slots in steps of a quarter of the cache, at least 128 (`Sequence.span`): a loop
 runs at most four graphs (one for a short cache) and a long one reads ~5/8 of the cache on
-average. A next-scale step draws a whole scale and computes that scale's inputs from the codes
-drawn so far inside the step (the tokenizer's `teacher_inputs`), attending to exactly the slots
-written by then; each scale has its own shapes, so each compiles once. Prefill stays outside: its
-length follows the prompt, and it computes each distinct row once (repeated prompts and
-guidance's empty-text rows; `Sequence`).
+average. A next-scale step draws a whole scale and computes that scale's inputs from the codes drawn so far
+inside the step (the tokenizer's `teacher_inputs`); compiled, every scale after the first runs as
+one graph (`scales_steps`: one call, one guard check per image), each scale attending to the span
+that holds the slots written by its end. Prefill stays outside: its length follows the prompt, and
+it computes each distinct row once (repeated prompts and guidance's empty-text rows; `Sequence`).
 
 Where the ideas come from (the code is written here): gpt-fast (pytorch-labs) compiles its
 `decode_one_token` — model step and sampling — with `mode="reduce-overhead"` and clones the tokens
@@ -33,8 +33,7 @@ import torch
 from mmar import patterns
 from mmar.model import MMAR
 
-#: compiled graphs one step function may keep: batch sizes x next-scale scales or cache spans x settings
-#: (dynamo's default of 8 is spent by six scales at two batch sizes).
+#: compiled graphs one step function may keep: batch sizes x cache spans x settings (dynamo's default is 8).
 RECOMPILE_LIMIT = 64
 
 #: feed(x (B, n, D), slots (n,), positions (B, n, 3), block (B, n), visible) -> hidden (B, n, D): the
@@ -73,7 +72,8 @@ def scale_step(model: MMAR, name: str, options: dict[str, Any], feed: Feed, copi
     """Next-scale: the codes of scales 1..k (N, P) -> those of scales 1..k+1 (N, P + h*w) (VAR).
 
     Scale k+1 (`index` k, 0-based) fills the cache `slots` (h*w,) at `positions` (B, h*w, 3) as one
-    block and attends to the `visible` slots written by then (static: each scale compiles anyway)."""
+    block and attends to the first `visible` cache slots (those written by then and, compiled, the
+    unwritten rest of a span; unwritten slots are masked)."""
     size = slots.shape[0]
     inputs = teacher_inputs(codes)[:, -size:]  # (N, h*w, C): the running reconstruction at scale k+1's grid
     inputs = inputs.repeat(copies, 1, 1)  # (B, h*w, C)
@@ -83,6 +83,29 @@ def scale_step(model: MMAR, name: str, options: dict[str, Any], feed: Feed, copi
     hidden = feed(x, slots, positions, block, visible)  # (B, h*w, D)
     drawn = draw(model, name, options, hidden.flatten(0, 1), guidance, noise)  # (N*h*w,)
     return torch.cat([codes, drawn.view(codes.shape[0], size)], dim=1)  # (N, P + h*w)
+
+
+def scales_steps(model: MMAR, name: str, options: dict[str, Any], feed: Feed, copies: int,
+                 teacher_inputs: Callable[[torch.Tensor], torch.Tensor], sizes: tuple[int, ...],
+                 visible: tuple[int | None, ...], codes: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                 guidance: torch.Tensor | None, noises: list[torch.Tensor],
+                 progress: Callable[[int], None] | None) -> torch.Tensor:
+    """Next-scale, every scale after the first: scale 1's codes (N, 1) -> all codes (N, L).
+
+    Scale k+1 has `sizes[k]` positions and attends to the first `visible[k-1]` cache slots (static:
+    `Sequence.span` of the slots written by its end); `slots` (L-1,) and `positions` (B, L-1, 3) are
+    those of scales 2.. in order; `guidance` (K,) and `noises` (one per scale after the first) are
+    per scale. `progress(scales drawn)` after each (eager only: compiled, the whole loop is one graph)."""
+    offset = 0
+    for k, size in enumerate(sizes[1:], start=1):
+        here = slice(offset, offset + size)
+        offset += size
+        codes = scale_step(model, name, options, feed, copies, teacher_inputs, k, codes, slots[here],
+                           visible[k - 1], positions[:, here], None if guidance is None else guidance[k],
+                           noises[k - 1])  # (N, 1 + offset)
+        if progress is not None:
+            progress(k + 1)
+    return codes
 
 
 def _inductor_cpp_wrapper(graph: torch.fx.GraphModule, inputs: list) -> Callable:
@@ -118,13 +141,13 @@ class DecodeSteps:
         def causal(token, slot, span, position, guidance, noise, hole):
             return causal_step(model, name, options, feed, copies, token, slot, span, position, guidance, noise, hole)
 
-        def scale(index, codes, slots, visible, positions, guidance, noise):
-            return scale_step(model, name, options, feed, copies, teacher_inputs, index, codes, slots, visible,
-                              positions, guidance, noise)
+        def scales(sizes, visible, codes, slots, positions, guidance, noises, progress=None):
+            return scales_steps(model, name, options, feed, copies, teacher_inputs, sizes, visible, codes, slots,
+                                positions, guidance, noises, progress)
 
         self.first = first  # from the prefill's last hidden state: once per generation, eager
-        self.causal, self.scale = (self.compile(causal, cuda_graphs), self.compile(scale, cuda_graphs)) \
-            if compiled else (causal, scale)
+        self.causal, self.scales = (self.compile(causal, cuda_graphs), self.compile(scales, cuda_graphs)) \
+            if compiled else (causal, scales)
         self.keep = (lambda tensor: tensor.clone()) if cuda_graphs else (lambda tensor: tensor)
 
     @staticmethod
@@ -142,7 +165,7 @@ class DecodeSteps:
         return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
 
     def limits(self) -> contextlib.AbstractContextManager:
-        """Around a compiled loop: room for a graph per scale and batch size (dynamo's config, scoped)."""
+        """Around a compiled loop: room for a graph per cache span, batch size and setting (dynamo's config, scoped)."""
         if not self.compiled:
             return contextlib.nullcontext()
         return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)

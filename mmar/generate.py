@@ -105,8 +105,8 @@ class Sequence:
             self.last_hidden = self.feed(x, self.take(x.shape[1]), batch.positions, batch.block)[:, -1]  # (B, D)
 
     def span(self, written: int) -> int | None:
-        """The cache slots a decode step attends to once `written` slots hold values: the smallest
-        multiple of the span unit that holds them. The unit is a quarter of the cache in whole
+        """The cache slots a decode step (a next-token step, a next-scale scale) attends to once
+        `written` slots hold values: the smallest multiple of the span unit that holds them. The unit is a quarter of the cache in whole
         CACHE_MULTIPLEs, at least SPAN_MIN slots: a compiled decode loop runs at most four graphs (one
         for a short cache, where reading it all costs little against another compile) and a long
         one reads ~5/8 of the cache on average. None uncached (the recomputed sequence is exactly
@@ -302,25 +302,26 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
 
 
 def _fill_scales(model, sequence, spec, start, config, generator, steps, progress=None) -> torch.Tensor:
-    """Next-scale: scale 1 from the `<m>` position, then one transformer call per scale (VAR)."""
+    """Next-scale: scale 1 from the `<m>` position, then one transformer call per scale (VAR); compiled,
+    every scale after the first runs as one graph (`decode.scales_steps`)."""
     scales, head = spec.scales, model.heads[spec.name]
     device, dtype = start.device, sequence.last_hidden.dtype
     num_rows = len(start) // (2 if config.guided else 1)
+    sizes = tuple(h * w for h, w in scales)
     positions = scale_positions(scales, spec.grid, start)  # (B, L, 3)
     guidance = _guidance(config, len(scales), device)  # (K,) or None
-    noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, 1, 1)
-    codes = steps.first(sequence.last_hidden, _at(guidance, 0), noise, None)[:, None]  # (N, 1)
+    noises = [head.draw_noise(num_rows * size, generator, device, dtype) for size in sizes]  # (N*h*w, 1, 1) each
+    codes = steps.first(sequence.last_hidden, _at(guidance, 0), noises[0], None)[:, None]  # (N, 1)
     if progress is not None:
         progress(1, len(scales))
-    offset = 1
-    for k, (h, w) in enumerate(scales[1:], start=1):
-        noise = head.draw_noise(num_rows * h * w, generator, device, dtype)  # (N*h*w, 1, 1)
-        slots = sequence.take(h * w)  # (h*w,): attention reads the sequence.length slots written by then
-        codes = steps.scale(k, codes, slots, sequence.length, positions[:, offset:offset + h * w],
-                            _at(guidance, k), noise)  # (N, offset + h*w)
-        offset += h * w
-        if progress is not None:
-            progress(k + 1, len(scales))
+    # Scales 2.. fill the next slots; each attends to the span holding the slots written by its end
+    # (rounded, so prompts of nearby lengths share the compiled graph).
+    visible = tuple(sequence.span(sequence.length + end) for end in itertools.accumulate(sizes[1:]))
+    slots = sequence.take(spec.num_tokens - 1)  # (L-1,)
+    report = None if progress is None or steps.compiled else (lambda done: progress(done, len(scales)))
+    codes = steps.scales(sizes, visible, codes, slots, positions[:, 1:], guidance, noises[1:], report)  # (N, L)
+    if progress is not None and steps.compiled:
+        progress(len(scales), len(scales))
     return steps.keep(codes)
 
 

@@ -148,6 +148,19 @@ def test_warmup_reporter_tells_the_first_compile_and_a_later_span_compile(monkey
         report("image", done, 64)
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "image: compiling the decode step on first use (warm-up) ..."
-    assert lines[1] == "image: warm-up done in 20.0 s; drawing 64 steps"
+    assert lines[1] == "image: warm-up done in 20.0 s; drawing 62 more steps"
     assert lines[2] == "image: step 5 of 64 compiled the step for a longer cache span in 4.8 s"
     assert len(lines) == 3  # steady steps say nothing
+
+
+def test_warmup_reporter_tells_a_next_scale_warmup(monkeypatch, capsys):
+    """Compiled next-scale reports scale 1 and then all six at once: one graph for scales 2.."""
+    from mmar import cli
+
+    clock = iter([0.0, 140.0])
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    report = cli._warmup_reporter()
+    report("image", 1, 6)
+    report("image", 6, 6)
+    assert capsys.readouterr().err.splitlines() == ["image: compiling the decode step on first use (warm-up) ...",
+                                                     "image: warm-up done in 140.0 s"]

@@ -190,6 +190,16 @@ def test_compiled_decode_step_equals_eager(case):
     assert torch.equal(run(True), compiled)
     assert 0 <= outside_compiled_share(lambda: run(True)) < 1  # the loop spends time inside the compiled step
 
+    # A prompt one byte shorter fills the same cache and spans: the compiled graphs serve it as they are.
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    shorter = [PROMPTS[0][:-1], PROMPTS[1]]
+    compiled = generate(model, shorter, modality, config, teacher_inputs=teacher, compile_step=True)
+    assert counters["stats"]["unique_graphs"] == graphs
+    eager = generate(model, shorter, modality, config, teacher_inputs=teacher, compile_step=False)
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
