@@ -485,15 +485,16 @@ def _check_steps(pipeline, modality: str | None, steps) -> None:
         raise UsageError(f"--steps sets the ODE steps of a flow_matching head; {'/'.join(names)} uses {', '.join(others)}")
 
 
-#: a decode step slower than this (seconds) after the first was compiling (a longer cache span)
-SPAN_WARMUP_S = 2.0
+#: a decode step slower than this (seconds) after the first was compiling (another graph of the step)
+WARMUP_STALL_S = 2.0
 
 
 def _warmup_reporter():
     """A progress callback that makes the compiled step's warm-ups visible: the first compiled call
     follows a segment's first step (a next-token step, or every next-scale scale after the first at
     once), so it says so before it and how long it took after; a later step that stalls for seconds
-    compiled the graph of a longer cache span (`Sequence.span`)."""
+    compiled another graph: a longer cache span (`Sequence.span`) or a call of several steps
+    (`decode.STEPS_PER_CALL`)."""
     started, last = {}, {}
 
     def report(modality: str, done: int, total: int) -> None:
@@ -505,9 +506,9 @@ def _warmup_reporter():
             rest = f"; drawing {total - done} more steps" if done < total else ""
             print(f"{modality}: warm-up done in {now - started.pop(modality):.1f} s{rest}", file=sys.stderr,
                   flush=True)
-        elif done > 2 and now - last.get(modality, now) > SPAN_WARMUP_S:
-            print(f"{modality}: step {done} of {total} compiled the step for a longer cache span in "
-                  f"{now - last[modality]:.1f} s", file=sys.stderr, flush=True)
+        elif done > 2 and now - last.get(modality, now) > WARMUP_STALL_S:
+            print(f"{modality}: step {done} of {total} compiled another graph of the step (a longer cache span, "
+                  f"or several steps a call) in {now - last[modality]:.1f} s", file=sys.stderr, flush=True)
         last[modality] = now
 
     return report

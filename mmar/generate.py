@@ -13,6 +13,7 @@ through `MMAR.embed_tokens`, the same path training uses.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -261,8 +262,14 @@ def _at(values: torch.Tensor | None, i: int) -> torch.Tensor | None:
     return None if values is None else values[i]
 
 
+def _steps(values: torch.Tensor | None, i: int, count: int) -> torch.Tensor | None:
+    """Steps i..i+count-1 of a per-step schedule, or None."""
+    return None if values is None else values[i:i + count]
+
+
 def _fill_causal(model, sequence, spec, start, config, generator, steps, progress=None) -> torch.Tensor:
-    """Next-token or flow: one position (pattern step) per transformer call, raster order."""
+    """Next-token or flow: one position (pattern step) per transformer call, raster order, `steps.per_call`
+    steps a decode call."""
     name, n = spec.name, spec.num_tokens
     device, head = start.device, model.heads[spec.name]
     num_rows = len(start) // (2 if config.guided else 1)
@@ -271,30 +278,39 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
     slots = sequence.take(n - 1)  # (n-1,) the drawn tokens but the last are fed back
     guidance = _guidance(config, n, device)  # (n,) or None
     holes = patterns.hole_mask(spec.pattern, spec.num_cells, spec.num_codebooks).to(device) \
-        if spec.multi_codebook else [None] * n  # (n, Q)
+        if spec.multi_codebook else None  # (n, Q)
     dtype = sequence.last_hidden.dtype
     noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, Q, 1) uniforms or (N, C) normals
-    token = steps.first(sequence.last_hidden, _at(guidance, 0), noise, holes[0])  # (N, ...)
+    token = steps.first(sequence.last_hidden, _at(guidance, 0), noise, _at(holes, 0))  # (N, ...)
     drawn = [token]
     if progress is not None:
         progress(1, n)
 
-    def advance(i: int, token: torch.Tensor, span: int | None) -> torch.Tensor:
-        """Feed position i-1's token, draw position i's (N, ...)."""
-        noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, ...): drawn outside, so the step stays pure
-        token = steps.causal(token, slots[i - 1:i], span, positions[:, i - 1:i], _at(guidance, i), noise, holes[i])
-        drawn.append(steps.keep(token))  # (N, ...)
+    def advance(i: int, count: int, token: torch.Tensor, span: int | None) -> torch.Tensor:
+        """Feed position i-1's token, draw positions i..i+count-1 (N, ...) each; return the last."""
+        noises = [head.draw_noise(num_rows, generator, device, dtype) for _ in range(count)]  # outside: a pure step
+        here = slice(i - 1, i - 1 + count)  # the fed-back tokens' slots and positions
+        new = steps.causal(token, slots[here], span, positions[:, here], _steps(guidance, i, count), noises,
+                           _steps(holes, i, count))
+        drawn.extend(steps.keep(token) for token in new)  # (N, ...) each
         if progress is not None:
-            progress(i + 1, n)
-        return token
+            for done in range(i + 1, i + count + 1):
+                progress(done, n)
+        return new[-1]
 
-    # Step i writes slot written + i - 1 and attends to the span holding it: one graph per span.
+    # Step i writes slot written + i - 1 and attends to the span holding it: a graph per span and call
+    # size. A span opens with one step, then takes steps.per_call at a time (the last call may be
+    # short), so a prompt of any length needs the same graphs. A call of a (span, size) the loop has
+    # not made yet checks dynamo's guards in full (compiling on first use), the rest only the guards
+    # that tell the compiled graphs apart.
+    made = set()
     for span, run in itertools.groupby(range(1, n), key=lambda i: sequence.span(written + i)):
-        first, *rest = run
-        token = advance(first, token, span)  # a span's first step: compiles on first use, guards checked in full
-        with steps.steady():
-            for i in rest:
-                token = advance(i, token, span)
+        run = list(run)
+        for first in run[:1] + run[1::steps.per_call]:
+            count = 1 if first == run[0] else min(steps.per_call, run[-1] + 1 - first)
+            with steps.steady() if (span, count) in made else contextlib.nullcontext():
+                token = advance(first, count, token, span)
+            made.add((span, count))
     out = torch.stack(drawn, dim=1)  # (N, n, ...)
     if spec.multi_codebook:
         out = patterns.deinterleave(spec.pattern, out, spec.num_cells)  # (N, cells, Q)
