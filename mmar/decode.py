@@ -97,7 +97,7 @@ def scale_step(model: MMAR, name: str, options: dict[str, Any], feed: Feed, copi
     inputs = inputs.repeat(copies, 1, 1)  # (B, h*w, C)
     scale = torch.full(inputs.shape[:2], index, dtype=torch.long, device=inputs.device)  # (B, h*w)
     x = model.embed_tokens(name, inputs, scale)  # (B, h*w, D)
-    block = slots[:1].expand(x.shape[0], size)  # (B, h*w): the whole scale is one block
+    block = slots[:1].expand(x.shape[0], 1)  # (B, 1): the whole scale is one block
     hidden = feed(x, slots, positions, block, visible)  # (B, h*w, D)
     drawn = draw(model, name, options, hidden.flatten(0, 1), guidance, noise)  # (N*h*w,)
     return torch.cat([codes, drawn.view(codes.shape[0], size)], dim=1)  # (N, P + h*w)

@@ -125,13 +125,14 @@ class Sequence:
 
     def feed(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor,
              visible: int | None = None) -> torch.Tensor:
-        """Append x (B, n, D) at `slots` (n,), `positions` (B, n, 3), attention `block` (B, n) -> hidden (B, n, D).
+        """Append x (B, n, D) at `slots` (n,), `positions` (B, n, 3), attention `block` (B, n), or (B, 1) for
+        one block -> hidden (B, n, D).
 
         Cached, attention reads the first `visible` slots (default: every slot handed out so far)."""
         if self.use_cache:
             return self.model.transformer(x, slots, positions, block, self.length if visible is None else visible)
         self.positions = torch.cat([self.positions, positions], dim=1)  # (B, T, 3)
-        self.block = torch.cat([self.block, block], dim=1)  # (B, T)
+        self.block = torch.cat([self.block, block.expand(-1, x.shape[1])], dim=1)  # (B, T)
         self.x = torch.cat([self.x, x], dim=1)  # (B, T, D)
         every = torch.arange(self.x.shape[1], device=x.device)  # (T,)
         return self.forward(self.x, every, self.positions, self.block)[:, -x.shape[1]:]  # (B, n, D)

@@ -90,6 +90,28 @@ def test_shared_prefill_row_and_visible_slots_equal_the_full_computation():
     torch.testing.assert_close(torch.cat(steps, dim=1), torch.cat(full_steps, dim=1), rtol=1e-10, atol=1e-10)
 
 
+def test_one_block_given_once_equals_the_block_repeated():
+    """A block (B, 1) for a call of several positions (a next-scale scale: one mask row shared by its
+    queries) gives what the block repeated over the positions gives, cached and uncached, with a
+    padded row and unwritten slots in the cache."""
+    torch.manual_seed(0)
+    model = Transformer(CONFIG).double().eval()
+    x, positions, block = _inputs(batch=2, length=10)
+    block[1, :3] = PAD_BLOCK  # row 1's prompt is left-padded
+    scale = torch.full((2, 1), 6)  # positions 6..9: one block
+
+    def run(scale_block):
+        model.setup_caches(2, 16)
+        model(x[:, :6], torch.arange(6), positions[:, :6], block[:, :6])
+        return model(x[:, 6:], torch.arange(6, 10), positions[:, 6:], scale_block, visible=16)
+
+    torch.testing.assert_close(run(scale), run(scale.expand(2, 4)), rtol=1e-12, atol=1e-12)
+    model.clear_caches()
+    whole = torch.cat([block[:, :6], scale.expand(2, 4)], dim=1)  # (2, 10)
+    torch.testing.assert_close(model(x, torch.arange(10), positions, whole)[:, 6:], run(scale), rtol=1e-10,
+                               atol=1e-10)
+
+
 def test_left_padding_changes_nothing():
     torch.manual_seed(0)
     model = Transformer(CONFIG).double().eval()
