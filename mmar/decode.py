@@ -10,11 +10,13 @@ random numbers drawn from the sampling generator outside, in the same order eage
 `mmar/generate.py` only calls it. The span is the part of the KV cache a step attends to, a
 static count of slots in steps of a quarter of the cache, at least 128 (`Sequence.span`): a loop
 runs at most four graphs (one for a short cache) and a long one reads ~5/8 of the cache on
-average. A next-scale step draws a whole scale and computes that scale's inputs from the codes drawn so far
-inside the step (the tokenizer's `teacher_inputs`); compiled, every scale after the first runs as
-one graph (`scales_steps`: one call, one guard check per image), each scale attending to the span
-that holds the slots written by its end. Prefill stays outside: its length follows the prompt, and
-it computes each distinct row once (repeated prompts and guidance's empty-text rows; `Sequence`).
+average. Calls are few, since each costs a fixed overhead besides its kernels: one call runs two
+discrete causal steps in a row (`STEPS_PER_CALL`, `causal_steps`). A next-scale step draws a whole
+scale and computes that scale's inputs from the codes drawn so far inside the step (the
+tokenizer's `teacher_inputs`); every scale after the first runs in one call (`scales_steps`: one
+graph, one guard check per image), each scale attending to the span that holds the slots written
+by its end. Prefill stays outside: its length follows the prompt, and it computes each distinct
+row once (repeated prompts and guidance's empty-text rows; `Sequence`).
 
 Where the ideas come from (the code is written here): gpt-fast (pytorch-labs) compiles its
 `decode_one_token` — model step and sampling — with `mode="reduce-overhead"` and clones the tokens
@@ -41,7 +43,7 @@ RECOMPILE_LIMIT = 64
 #: two steps a call halve it (~10% faster a 64-token image). A flow step's ODE solve outweighs it.
 STEPS_PER_CALL = {"codes": 2, "vectors": 1}
 
-#: feed(x (B, n, D), slots (n,), positions (B, n, 3), block (B, n), visible) -> hidden (B, n, D): the
+#: feed(x (B, n, D), slots (n,), positions (B, n, 3), block (B, n) or (B, 1), visible) -> hidden (B, n, D): the
 #: transformer with its cache (attending to the first `visible` slots; None: all), or the recomputing
 #: `Sequence.feed` of the uncached (testing) path.
 Feed = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int | None], torch.Tensor]

@@ -107,11 +107,11 @@ class Sequence:
 
     def span(self, written: int) -> int | None:
         """The cache slots a decode step (a next-token step, a next-scale scale) attends to once
-        `written` slots hold values: the smallest multiple of the span unit that holds them. The unit is a quarter of the cache in whole
-        CACHE_MULTIPLEs, at least SPAN_MIN slots: a compiled decode loop runs at most four graphs (one
-        for a short cache, where reading it all costs little against another compile) and a long
-        one reads ~5/8 of the cache on average. None uncached (the recomputed sequence is exactly
-        as long as written)."""
+        `written` slots hold values: the smallest multiple of the span unit that holds them. The unit
+        is a quarter of the cache in whole CACHE_MULTIPLEs, at least SPAN_MIN slots: a compiled decode
+        loop runs at most four graphs (one for a short cache, where reading it all costs little
+        against another compile) and a long one reads ~5/8 of the cache on average. None uncached
+        (the recomputed sequence is exactly as long as written)."""
         if not self.use_cache:
             return None
         unit = max(SPAN_MIN, round_up(-(-self.capacity // 4), CACHE_MULTIPLE))
@@ -293,7 +293,7 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
         here = slice(i - 1, i - 1 + count)  # the fed-back tokens' slots and positions
         new = steps.causal(token, slots[here], span, positions[:, here], _steps(guidance, i, count), noises,
                            _steps(holes, i, count))
-        drawn.extend(steps.keep(token) for token in new)  # (N, ...) each
+        drawn.extend(steps.keep(each) for each in new)  # (N, ...) each
         if progress is not None:
             for done in range(i + 1, i + count + 1):
                 progress(done, n)
