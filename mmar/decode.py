@@ -171,6 +171,7 @@ class DecodeSteps:
         self.causal, self.scales = (self.compile(causal, cuda_graphs), self.compile(scales, cuda_graphs)) \
             if compiled else (causal, scales)
         self.keep = (lambda tensor: tensor.clone()) if cuda_graphs else (lambda tensor: tensor)
+        self.made: set = set()  # the kinds of compiled call this loop has made (`guards`)
 
     @staticmethod
     def compile(step: Callable, cuda_graphs: bool) -> Callable:
@@ -178,11 +179,13 @@ class DecodeSteps:
             return torch.compile(step, mode="reduce-overhead", dynamic=False, fullgraph=True)
         return torch.compile(step, dynamic=False, fullgraph=True, backend=_inductor_cpp_wrapper)
 
-    def steady(self) -> contextlib.AbstractContextManager:
-        """Around the steps after the first of a loop: dynamo checks only the guards that tell its
-        compiled graphs apart (each step passes the same kinds of values as the first, which was
-        checked in full); this halves the lookup, ~0.2 ms a step on CPU at d=192."""
-        if not self.compiled:
+    def guards(self, kind: Any) -> contextlib.AbstractContextManager:
+        """Around a compiled call of a `kind` (a cache span and step count): the loop's first call of
+        a kind has dynamo check its guards in full, compiling on first use; a later one passes the same
+        kinds of values, so dynamo checks only the guards that tell its compiled graphs apart
+        (`skip_guard_eval_unsafe`): this halves the lookup, ~0.2 ms a call on CPU at d=192."""
+        if not self.compiled or kind not in self.made:
+            self.made.add(kind)
             return contextlib.nullcontext()
         return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
 

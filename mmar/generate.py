@@ -13,7 +13,6 @@ through `MMAR.embed_tokens`, the same path training uses.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -137,15 +136,10 @@ class Sequence:
         every = torch.arange(self.x.shape[1], device=x.device)  # (T,)
         return self.forward(self.x, every, self.positions, self.block)[:, -x.shape[1]:]  # (B, n, D)
 
-    def extend(self, x: torch.Tensor, positions: torch.Tensor, one_block: bool) -> torch.Tensor:
-        """Append x (B, n, D) at the next slots and `positions` (B, n, 3) -> their hidden states (B, n, D).
-
-        `one_block` puts all n positions in one attention block (a next-scale scale); else causal.
-        """
-        batch, n, _ = x.shape
-        slots = self.take(n)  # (n,)
-        block = (slots[:1].expand(n) if one_block else slots).expand(batch, n)  # (B, n)
-        return self.feed(x, slots, positions, block)
+    def extend(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Append x (B, n, D) at the next slots and `positions` (B, n, 3), causally -> hidden states (B, n, D)."""
+        slots = self.take(x.shape[1])  # (n,)
+        return self.feed(x, slots, positions, slots.expand(x.shape[0], -1))  # block (B, n): each its own
 
     def close(self) -> None:
         if self.use_cache:
@@ -301,17 +295,13 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
 
     # Step i writes slot written + i - 1 and attends to the span holding it: a graph per span and call
     # size. A span opens with one step, then takes steps.per_call at a time (the last call may be
-    # short), so a prompt of any length needs the same graphs. A call of a (span, size) the loop has
-    # not made yet checks dynamo's guards in full (compiling on first use), the rest only the guards
-    # that tell the compiled graphs apart.
-    made = set()
+    # short), so a prompt of any length needs the same graphs.
     for span, run in itertools.groupby(range(1, n), key=lambda i: sequence.span(written + i)):
         run = list(run)
         for first in run[:1] + run[1::steps.per_call]:
             count = 1 if first == run[0] else min(steps.per_call, run[-1] + 1 - first)
-            with steps.steady() if (span, count) in made else contextlib.nullcontext():
+            with steps.guards((span, count)):
                 token = advance(first, count, token, span)
-            made.add((span, count))
     out = torch.stack(drawn, dim=1)  # (N, n, ...)
     if spec.multi_codebook:
         out = patterns.deinterleave(spec.pattern, out, spec.num_cells)  # (N, cells, Q)
@@ -381,7 +371,7 @@ def generate_text(model: MMAR, samples: list[list[Segment]], config: SamplingCon
                 break
             x = model.embed_tokens("text", token)  # (B, D)
             step_positions = (position + i).view(-1, 1, 1).expand(-1, 1, 3)  # (B, 1, 3)
-            hidden = sequence.extend(x[:, None], step_positions, one_block=False)[:, -1]  # (B, D)
+            hidden = sequence.extend(x[:, None], step_positions)[:, -1]  # (B, D)
     finally:
         sequence.close()
     tokens = torch.stack(drawn, dim=1).cpu()  # (B, n)
