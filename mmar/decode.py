@@ -49,6 +49,12 @@ STEPS_PER_CALL = {"codes": 2, "vectors": 1}
 Feed = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int | None], torch.Tensor]
 
 
+def at(values: torch.Tensor | None, i: int | slice) -> torch.Tensor | None:
+    """Step i's entry (or a slice's entries) of a per-step schedule (guidance, holes), or None where
+    there is none."""
+    return None if values is None else values[i]
+
+
 def draw(model: MMAR, name: str, options: dict[str, Any], hidden: torch.Tensor, guidance: torch.Tensor | None,
          noise: torch.Tensor, hole: torch.Tensor | None = None) -> torch.Tensor:
     """The head's draw: hidden (B, D), B = 2N when guided -> (N, *target_shape).
@@ -80,7 +86,7 @@ def causal_steps(model: MMAR, name: str, options: dict[str, Any], feed: Feed, co
     drawn = []
     for j, noise in enumerate(noises):
         token = causal_step(model, name, options, feed, copies, token, slots[j:j + 1], span, positions[:, j:j + 1],
-                            None if guidance is None else guidance[j], noise, None if holes is None else holes[j])
+                            at(guidance, j), noise, at(holes, j))
         drawn.append(token)
     return drawn
 
@@ -121,7 +127,7 @@ def scales_steps(model: MMAR, name: str, options: dict[str, Any], feed: Feed, co
         here = slice(offset, offset + size)
         offset += size
         codes = scale_step(model, name, options, feed, copies, teacher_inputs, k, codes, slots[here],
-                           visible[k - 1], positions[:, here], None if guidance is None else guidance[k],
+                           visible[k - 1], positions[:, here], at(guidance, k),
                            noises[k - 1])  # (N, 1 + offset)
         if progress is not None:
             progress(k + 1)

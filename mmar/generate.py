@@ -21,7 +21,7 @@ import torch
 
 from mmar import patterns
 from mmar.config import validate
-from mmar.decode import DecodeSteps
+from mmar.decode import DecodeSteps, at
 from mmar.layout import EOS, grid_positions, scale_positions
 from mmar.model import MMAR
 from mmar.packing import Batch, Segment, pack
@@ -252,16 +252,6 @@ def _guidance(config: SamplingConfig, num_steps: int, device) -> torch.Tensor | 
                         device=device)  # (S,)
 
 
-def _at(values: torch.Tensor | None, i: int) -> torch.Tensor | None:
-    """Step i's entry of a per-step schedule, or None where there is none (no guidance)."""
-    return None if values is None else values[i]
-
-
-def _steps(values: torch.Tensor | None, i: int, count: int) -> torch.Tensor | None:
-    """Steps i..i+count-1 of a per-step schedule, or None."""
-    return None if values is None else values[i:i + count]
-
-
 def _fill_causal(model, sequence, spec, start, config, generator, steps, progress=None) -> torch.Tensor:
     """Next-token or flow: one position (pattern step) per transformer call, raster order, `steps.per_call`
     steps a decode call."""
@@ -276,7 +266,7 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
         if spec.multi_codebook else None  # (n, Q)
     dtype = sequence.last_hidden.dtype
     noise = head.draw_noise(num_rows, generator, device, dtype)  # (N, Q, 1) uniforms or (N, C) normals
-    token = steps.first(sequence.last_hidden, _at(guidance, 0), noise, _at(holes, 0))  # (N, ...)
+    token = steps.first(sequence.last_hidden, at(guidance, 0), noise, at(holes, 0))  # (N, ...)
     drawn = [token]
     if progress is not None:
         progress(1, n)
@@ -284,9 +274,9 @@ def _fill_causal(model, sequence, spec, start, config, generator, steps, progres
     def advance(i: int, count: int, token: torch.Tensor, span: int | None) -> torch.Tensor:
         """Feed position i-1's token, draw positions i..i+count-1 (N, ...) each; return the last."""
         noises = [head.draw_noise(num_rows, generator, device, dtype) for _ in range(count)]  # outside: a pure step
-        here = slice(i - 1, i - 1 + count)  # the fed-back tokens' slots and positions
-        new = steps.causal(token, slots[here], span, positions[:, here], _steps(guidance, i, count), noises,
-                           _steps(holes, i, count))
+        here, drawing = slice(i - 1, i - 1 + count), slice(i, i + count)  # fed back; drawn
+        new = steps.causal(token, slots[here], span, positions[:, here], at(guidance, drawing), noises,
+                           at(holes, drawing))
         drawn.extend(steps.keep(each) for each in new)  # (N, ...) each
         if progress is not None:
             for done in range(i + 1, i + count + 1):
@@ -318,7 +308,7 @@ def _fill_scales(model, sequence, spec, start, config, generator, steps, progres
     positions = scale_positions(scales, spec.grid, start)  # (B, L, 3)
     guidance = _guidance(config, len(scales), device)  # (K,) or None
     noises = [head.draw_noise(num_rows * size, generator, device, dtype) for size in sizes]  # (N*h*w, 1, 1) each
-    codes = steps.first(sequence.last_hidden, _at(guidance, 0), noises[0], None)[:, None]  # (N, 1)
+    codes = steps.first(sequence.last_hidden, at(guidance, 0), noises[0], None)[:, None]  # (N, 1)
     if progress is not None:
         progress(1, len(scales))
     # Scales 2.. fill the next slots; each attends to the span holding the slots written by its end
