@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
+import marshal
 from typing import Any, Callable
 
 import torch
@@ -185,10 +185,10 @@ def _inductor_cpp_wrapper(graph: torch.fx.GraphModule, inputs: list) -> Callable
     from torch._inductor.compile_fx import compile_fx
 
     route_small_linears(graph)
-    # Inductor caches a graph calling a function of ours only when told what its cache key is: here
-    # the function's source, so that an edit to it compiles afresh.
-    source = hashlib.sha256(inspect.getsource(small_linear).encode()).hexdigest()
-    cacheable = {f"{small_linear.__module__}.{small_linear.__name__}": source}
+    # Inductor caches a graph calling a function of ours only when told its cache key: here a hash
+    # of the function's code, so that an edit to it compiles afresh.
+    code = hashlib.sha256(marshal.dumps(small_linear.__code__)).hexdigest()
+    cacheable = {f"{small_linear.__module__}.{small_linear.__name__}": code}
     return compile_fx(graph, inputs, config_patches={"cpp_wrapper": True, "unsafe_marked_cacheable_functions": cacheable})
 
 
