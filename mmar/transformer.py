@@ -145,7 +145,7 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     over hd, the output over L, vectorized over hd) and fuses the scale, mask and softmax into them;
     each key/value head serves its group of query heads without a copy. Measured on CPU (d=192,
     6 heads over 2 KV heads, CFG): ~10% faster a 64-token image at batch 16 than as two batched
-    matmuls, ~15% for 256 tokens at batch 1 and 16, whose per-call set-up outweighs one query's
+    matmuls, ~15% for 256 tokens at batch 1 and 16: a library call's set-up outweighs one query's
     work (the matmuls in turn beat SDPA's flash kernel by ~12%)."""
     batch, heads, _, head_dim = q.shape
     kv_heads, length = k.shape[1], k.shape[2]
