@@ -490,18 +490,21 @@ WARMUP_STALL_S = 2.0
 
 
 def _warmup_reporter():
-    """A progress callback that makes the compiled step's warm-ups visible: the first compiled call
-    follows a segment's first step (a next-token step, or every next-scale scale after the first at
-    once), so it says so before it and how long it took after; a later step that stalls for seconds
-    compiled another graph: a longer cache span (`Sequence.span`) or a call of several steps
-    (`decode.STEPS_PER_CALL`)."""
+    """A progress callback that makes the compiled warm-ups visible: the prompt's prefill (before
+    step 0 is reported done: `done` 0) and the first compiled decode call (after step 1: a next-token
+    step, or every next-scale scale after the first at once) compile on first use, so it says so
+    before them and how long they took after; a later step that stalls for seconds compiled another
+    graph: a longer cache span (`Sequence.span`) or a call of several steps (`decode.STEPS_PER_CALL`)."""
     started, last = {}, {}
 
     def report(modality: str, done: int, total: int) -> None:
         now = time.perf_counter()
-        if done == 1 and total > 1:
-            print(f"{modality}: compiling the decode step on first use (warm-up) ...", file=sys.stderr, flush=True)
+        if done == 0:
+            print(f"{modality}: compiling the prompt's prefill and the decode step on first use (warm-up) ...",
+                  file=sys.stderr, flush=True)
             started[modality] = now
+        elif done == 1 and total > 1:
+            pass  # drawn from the prefill: the decode step compiles next
         elif modality in started:
             rest = f"; drawing {total - done} more steps" if done < total else ""
             print(f"{modality}: warm-up done in {now - started.pop(modality):.1f} s{rest}", file=sys.stderr,

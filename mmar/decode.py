@@ -15,8 +15,10 @@ discrete causal steps in a row (`STEPS_PER_CALL`, `causal_steps`). A next-scale 
 scale and computes that scale's inputs from the codes drawn so far inside the step (the
 tokenizer's `teacher_inputs`); every scale after the first runs in one call (`scales_steps`: one
 graph, one guard check per image), each scale attending to the span that holds the slots written
-by its end. Prefill stays outside: its length follows the prompt, and it computes each distinct
-row once (repeated prompts and guidance's empty-text rows; `Sequence`). On CPU a step multiplies
+by its end. Prefill stays outside: its length follows the prompt, so it is a graph of its own with
+dynamic shapes (`compile_dynamic`), and it computes each distinct row once (repeated prompts and
+guidance's empty-text rows; `Sequence`) and only its real positions (a left-padded row's padding
+skipped: `Transformer.forward`'s `where`). On CPU a step multiplies
 few rows by each weight matrix, which a BLAS call does poorly: the backend has inductor build
 those products as loops of its own (`small_linear`).
 
@@ -167,7 +169,8 @@ def route_small_linears(graph: torch.fx.GraphModule) -> int:
     routed = 0
     for node in graph.graph.find_nodes(op="call_function", target=torch._C._nn.linear):
         x = node.args[0].meta.get("example_value") if isinstance(node.args[0], torch.fx.Node) else None  # (..., K)
-        if isinstance(x, torch.Tensor) and x.numel() <= SMALL_LINEAR_ROWS * x.shape[-1]:
+        static = isinstance(x, torch.Tensor) and all(isinstance(size, int) for size in x.shape)  # not a dynamic graph
+        if static and x.numel() <= SMALL_LINEAR_ROWS * x.shape[-1]:
             node.target = small_linear
             routed += 1
     graph.recompile()
@@ -190,6 +193,16 @@ def _inductor_cpp_wrapper(graph: torch.fx.GraphModule, inputs: list) -> Callable
     code = hashlib.sha256(marshal.dumps(small_linear.__code__)).hexdigest()
     cacheable = {f"{small_linear.__module__}.{small_linear.__name__}": code}
     return compile_fx(graph, inputs, config_patches={"cpp_wrapper": True, "unsafe_marked_cacheable_functions": cacheable})
+
+
+def compile_dynamic(module: torch.nn.Module) -> Callable:
+    """A forward whose shapes follow its inputs, compiled once for all of them (dynamic shapes): a
+    prompt's prefill (`generate.Sequence`), whose length and count of real positions follow the
+    prompts, and the recomputed sequence of the uncached reference path. On CPU with the backend
+    of the decode steps (the few-row linears stay BLAS calls: their rows are symbolic)."""
+    if next(module.parameters()).device.type == "cuda":
+        return torch.compile(module, dynamic=True, fullgraph=True)
+    return torch.compile(module, dynamic=True, fullgraph=True, backend=_inductor_cpp_wrapper)
 
 
 class DecodeSteps:

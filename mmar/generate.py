@@ -21,10 +21,11 @@ import torch
 
 from mmar import patterns
 from mmar.config import validate
-from mmar.decode import DecodeSteps, at
+from mmar.decode import DecodeSteps, at, compile_dynamic
 from mmar.layout import EOS, grid_positions, scale_positions
 from mmar.model import MMAR
 from mmar.packing import Batch, Segment, pack
+from mmar.transformer import PAD_BLOCK, real_positions
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
 
@@ -74,9 +75,12 @@ class Sequence:
     computes each distinct row once and copies its cache (`Transformer.spread_rows`): several samples
     of one prompt, and guidance's unconditional rows, all one row. The recomputing reference path
     computes every row.
+
+    `compiled`: the cached prefill, or the recomputed forward, runs compiled with dynamic shapes
+    (`decode.compile_dynamic`): one graph for prompts of every length.
     """
 
-    def __init__(self, model: MMAR, batch: Batch, extra: int, use_cache: bool, compile_recompute: bool = False,
+    def __init__(self, model: MMAR, batch: Batch, extra: int, use_cache: bool, compiled: bool = False,
                  sources: list[int] | None = None) -> None:
         self.model, self.use_cache = model, use_cache
         x = model.embed(batch.ids, batch.vectors)  # (B, T0, D)
@@ -90,7 +94,11 @@ class Sequence:
             positions, block = batch.positions, batch.block
             if repeats:
                 x, positions, block = x[distinct], positions[distinct], block[distinct]  # (R, T0, ...)
-            hidden = self.feed(x, self.take(x.shape[1]), positions, block)[:, -1]  # (R, D)
+            # A left-padded batch (prompts of several lengths; guidance's empty text) prefills its real
+            # positions only.
+            where = real_positions(block) if bool((block >= PAD_BLOCK).any()) else None
+            prefill = compile_dynamic(model.transformer) if compiled else model.transformer
+            hidden = prefill(x, self.take(x.shape[1]), positions, block, self.length, where)[:, -1]  # (R, D)
             if repeats:
                 index = torch.tensor([distinct.index(source) for source in sources], device=hidden.device)  # (B,)
                 model.transformer.spread_rows(index)
@@ -99,7 +107,7 @@ class Sequence:
         else:
             # The recomputed forward grows by one position a step: compiled (for `mmar bench`'s
             # like-for-like comparison) once for every length, with dynamic shapes.
-            self.forward = torch.compile(model.transformer, dynamic=True) if compile_recompute else model.transformer
+            self.forward = compile_dynamic(model.transformer) if compiled else model.transformer
             self.feed_fn = self.feed
             self.x, self.positions, self.block = x[:, :0], batch.positions[:, :0], batch.block[:, :0]  # empty so far
             self.last_hidden = self.feed(x, self.take(x.shape[1]), batch.positions, batch.block)[:, -1]  # (B, D)
@@ -197,13 +205,15 @@ def generate(
 ) -> torch.Tensor:
     """Fill one `modality` segment after each byte prompt.
 
-    `compile_step`: run each decode step (`mmar/decode.py`) compiled as a whole; None compiles on
-    CUDA only (on CPU a cold compile costs tens of seconds). Compiled and eager draw the same codes
-    for the same seed, up to the rounding of fused kernels. Uncached, it compiles the recomputed
-    forward instead (dynamic shapes), for like-for-like timing.
+    `compile_step`: run each decode step (`mmar/decode.py`) compiled as a whole, and the prompt's
+    prefill compiled with dynamic shapes; None compiles on CUDA only (on CPU a cold compile costs
+    tens of seconds). Compiled and eager draw the same codes for the same seed, up to the rounding
+    of fused kernels. Uncached, it compiles the recomputed forward instead (dynamic shapes), for
+    like-for-like timing.
 
-    `progress(done, total)` is called after every drawn position (next-token, flow) or scale
-    (next-scale), from the Python loop, outside the compiled step: a demo's progress bar.
+    `progress(done, total)` is called with 0 before the prompt's prefill (compiled: the warm-up
+    starts) and after every drawn position (next-token, flow) or scale (next-scale), from the Python
+    loop, outside the compiled step: a demo's progress bar.
 
     Returns codes (N, *token_shape) (next-token; multi-codebook codes (N, *token_shape, Q) after
     undoing the pattern), flat multi-scale codes (N, L) (next-scale, which needs the tokenizer's
@@ -218,7 +228,9 @@ def generate(
     compile_step = device.type == "cuda" if compile_step is None else compile_step
     batch = prompt_batch(model, prompts, modality, config.guided).to(device)
     generator = torch.Generator(device).manual_seed(config.seed)
-    sequence = Sequence(model, batch, spec.num_tokens, use_cache, compile_recompute=compile_step and not use_cache,
+    if progress is not None:
+        progress(0, len(spec.scales) if spec.kind == "scales" else spec.num_tokens)
+    sequence = Sequence(model, batch, spec.num_tokens, use_cache, compiled=compile_step,
                         sources=first_copies(prompts, config.guided))
     options = {"temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p,
                "plausibility": config.plausibility, **config.head_options}

@@ -113,6 +113,14 @@ class KVCache(nn.Module):
         self.values[:rows].index_copy_(2, slots, values)
         return self.keys[:rows, :, :visible], self.values[:rows, :, :visible]
 
+    def update_at(self, rows: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                  batch: int, visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write keys, values (M, H_kv, hd) of M positions at (`rows`, `slots`) (M,) each -> the first
+        `batch` rows' keys, values over the first `visible` slots: (batch, H_kv, visible, hd)."""
+        self.keys[rows, :, slots] = keys
+        self.values[rows, :, slots] = values
+        return self.keys[:batch, :, :visible], self.values[:batch, :, :visible]
+
 
 class Attention(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
@@ -122,12 +130,14 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.num_heads * config.head_dim, config.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, slots, mask, visible=None):
+    def forward(self, x, cos, sin, slots, mask, visible=None, where=None):
         batch, length, _ = x.shape
         qkv = self.qkv(x).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H + 2 H_kv, T, hd)
         rotated = self.num_heads + self.num_kv_heads
         qk = apply_rotary(qkv[:, :rotated], cos, sin)  # (B, H + H_kv, T, hd): queries and keys in one go
         q, k, v = qk[:, :self.num_heads], qk[:, self.num_heads:], qkv[:, rotated:]
+        if where is not None:
+            return self.out(self.attend_packed(q, k, v, slots, mask, visible, where))
         if self.cache is not None:
             k, v = self.cache.update(slots, k, v, visible)  # (B, H_kv, L, hd) each
         if length == 1 and torch.compiler.is_compiling():
@@ -135,6 +145,20 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
         return self.out(y.transpose(1, 2).reshape(batch, length, -1))  # (B, T, H hd)
+
+    def attend_packed(self, q, k, v, slots, mask, visible, where):
+        """Attention of a packed prompt (`Transformer.forward(packed=True)`): q, k, v (1, H or H_kv, M, hd)
+        of the M real positions, which sit at `where` = (rows, columns) (M,) each of the (B, T) batch
+        -> (1, M, H hd). Keys and values go to the cache at (row, slot); the queries are laid out as
+        (B, H, T, hd) for one attention call over the cache (a padding query, zero, sees its own slot)."""
+        rows, columns = where
+        q, k, v = (t[0].transpose(0, 1) for t in (q, k, v))  # (M, H or H_kv, hd)
+        batch, _, length, _ = mask.shape
+        k, v = self.cache.update_at(rows, slots[columns], k, v, batch, visible)  # (B, H_kv, visible, hd) each
+        laid_out = q.new_zeros(batch, self.num_heads, length, self.head_dim)  # (B, H, T, hd)
+        laid_out[rows, :, columns] = q
+        y = F.scaled_dot_product_attention(laid_out, k, v, attn_mask=mask, enable_gqa=True)  # (B, H, T, hd)
+        return y[rows, :, columns].reshape(1, len(rows), -1)  # (1, M, H hd)
 
 
 def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -176,8 +200,8 @@ class Block(nn.Module):
         self.mlp = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)  # identity in eval mode and at p = 0
 
-    def forward(self, x, cos, sin, slots, mask, visible=None):
-        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, slots, mask, visible))
+    def forward(self, x, cos, sin, slots, mask, visible=None, where=None):
+        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, slots, mask, visible, where))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
@@ -190,6 +214,12 @@ def block_mask(query_block: torch.Tensor, key_block: torch.Tensor, slots: torch.
     visible &= (query_block < PAD_BLOCK)[:, :, None]
     own = torch.arange(key_block.shape[1], device=slots.device)[None, :] == slots[:, None]  # (T, L)
     return (visible | own).unsqueeze(1)
+
+
+def real_positions(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions of a batch that are not padding: block (B, T) -> (rows (M,), columns (M,)),
+    row by row (`Transformer.forward`'s `where`)."""
+    return (block < PAD_BLOCK).nonzero(as_tuple=True)
 
 
 class Transformer(nn.Module):
@@ -251,7 +281,7 @@ class Transformer(nn.Module):
         self.cache_block.copy_(self.cache_block[index])
 
     def forward(self, x: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, block: torch.Tensor,
-                visible: int | None = None) -> torch.Tensor:
+                visible: int | None = None, where: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """With caches, x may cover the first B' rows of the cache only (`spread_rows` fills the rest), and
         `visible` (a Python int: static under torch.compile) limits attention to the first `visible`
         cache slots, which must include every slot written so far: the caller's count of written slots
@@ -259,7 +289,14 @@ class Transformer(nn.Module):
 
         `block` may be (B, 1) for T > 1: one block for all T positions (a next-scale scale). Their
         queries then share one mask row, (B, 1, 1, L), which SDPA broadcasts: measured ~4% faster a
-        batch-16 next-scale image on CPU than a (B, 1, T, L) mask."""
+        batch-16 next-scale image on CPU than a (B, 1, T, L) mask.
+
+        `where` (with caches: a prompt's prefill) = (rows, columns) (M,) each, the real positions
+        (`real_positions`): the layers run on those only, packed into one row, and attention lays the
+        queries out again (`Attention.attend_packed`); the other positions get zero hidden states. A
+        prompt batch is left-padded to its longest prompt, and guidance's empty-text rows are almost
+        all padding: at batch 1 half the prefill's rows. The caller finds them (a host sync), so that
+        a compiled forward has no data-dependent shape."""
         shared = block.shape[1] == 1 and x.shape[1] > 1  # static: one mask row for every query
         every_block = block.expand(-1, x.shape[1])  # (B, T)
         if self.cache_block is not None:
@@ -273,7 +310,15 @@ class Transformer(nn.Module):
         sees = block_mask(block, key_block, slots[:1] if shared else slots)  # (B, 1, T or 1, L) bool
         # One additive mask for every layer (a bool mask is converted again inside each SDPA call).
         mask = torch.zeros(sees.shape, dtype=x.dtype, device=x.device).masked_fill_(~sees, float("-inf"))
-        cos, sin = self.rotary(positions, x.dtype)  # (B, 1, T, hd) each
+        packed = where is not None
+        if packed:
+            if self.cache_block is None:
+                raise ValueError("a packed forward writes into the caches: call setup_caches first")
+            laid_out, x, positions = x, x[where][None], positions[where][None]  # (1, M, D), (1, M, 3)
+        cos, sin = self.rotary(positions, x.dtype)  # (B or 1, 1, T or M, hd) each
         for layer in self.layers:
-            x = layer(x, cos, sin, slots, mask, visible)
-        return self.norm(x)
+            x = layer(x, cos, sin, slots, mask, visible, where)
+        x = self.norm(x)
+        if packed:
+            x = torch.zeros_like(laid_out).index_put_(where, x[0])  # (B, T, D)
+        return x

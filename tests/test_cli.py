@@ -141,13 +141,14 @@ def test_bench_compile_without_a_cxx_compiler_is_a_one_line_error(tmp_path):
 def test_warmup_reporter_tells_the_first_compile_and_a_later_one(monkeypatch, capsys):
     from mmar import cli
 
-    clock = iter([0.0, 20.0, 20.1, 20.2, 25.0, 25.1])  # step 2 took 20 s (warm-up); step 5 stalled 4.8 s
+    # the prefill and step 2 took 20 s (warm-up); step 5 stalled 4.8 s
+    clock = iter([0.0, 5.0, 20.0, 20.1, 20.2, 25.0, 25.1])
     monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
     report = cli._warmup_reporter()
-    for done in range(1, 7):
+    for done in range(0, 7):
         report("image", done, 64)
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "image: compiling the decode step on first use (warm-up) ..."
+    assert lines[0] == "image: compiling the prompt's prefill and the decode step on first use (warm-up) ..."
     assert lines[1] == "image: warm-up done in 20.0 s; drawing 62 more steps"
     assert lines[2] == ("image: step 5 of 64 compiled another graph of the step (a longer cache span, or several "
                         "steps a call) in 4.8 s")
@@ -158,10 +159,11 @@ def test_warmup_reporter_tells_a_next_scale_warmup(monkeypatch, capsys):
     """Compiled next-scale reports scale 1 and then all six at once: one graph for scales 2.."""
     from mmar import cli
 
-    clock = iter([0.0, 140.0])
+    clock = iter([0.0, 20.0, 140.0])
     monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
     report = cli._warmup_reporter()
-    report("image", 1, 6)
-    report("image", 6, 6)
-    assert capsys.readouterr().err.splitlines() == ["image: compiling the decode step on first use (warm-up) ...",
-                                                     "image: warm-up done in 140.0 s"]
+    for done in (0, 1, 6):
+        report("image", done, 6)
+    assert capsys.readouterr().err.splitlines() == [
+        "image: compiling the prompt's prefill and the decode step on first use (warm-up) ...",
+        "image: warm-up done in 140.0 s"]

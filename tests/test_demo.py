@@ -217,7 +217,7 @@ def test_progress_follows_every_position_or_scale(demo):
             {"num_steps": 1} if pipe.head == "flow_matching" else {}))
         spec = pipe.spec("image")
         total = len(spec.scales) if spec.scales else spec.num_tokens  # a scale per step, else a position
-        assert seen == [("image", done, total) for done in range(1, total + 1)], entry.label
+        assert seen == [("image", done, total) for done in range(0, total + 1)], entry.label  # 0: before the prefill
 
 
 def test_media_writers_get_the_tokenizers_own_settings():

@@ -1,8 +1,9 @@
 """The transformer: the block-id mask, the KV cache, rotary positions."""
 
+import pytest
 import torch
 
-from mmar.transformer import PAD_BLOCK, Transformer, TransformerConfig, block_mask
+from mmar.transformer import PAD_BLOCK, Transformer, TransformerConfig, block_mask, real_positions
 
 CONFIG = TransformerConfig(dim=32, num_layers=2, num_heads=4, num_kv_heads=2, max_len=64)
 
@@ -88,6 +89,39 @@ def test_shared_prefill_row_and_visible_slots_equal_the_full_computation():
     model.clear_caches()
     torch.testing.assert_close(prefix, full_prefix[:3], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(torch.cat(steps, dim=1), torch.cat(full_steps, dim=1), rtol=1e-10, atol=1e-10)
+
+
+def test_packed_prefill_equals_the_padded_one():
+    """A packed prefill (the layers on real positions only) of a left-padded batch writes the same
+    keys and values and gives the same hidden states at real positions as the padded prefill
+    (zeros at padding), and the decode steps after it are the same, also for a prefill of the
+    cache's first rows."""
+    torch.manual_seed(0)
+    model = Transformer(CONFIG).double().eval()
+    x, positions, block = _inputs(batch=3, length=8)
+    block[0, :5], block[1, :1] = PAD_BLOCK, PAD_BLOCK  # rows of 3, 7 and 8 real positions
+    real = block < PAD_BLOCK
+
+    def run(packed):
+        model.setup_caches(4, 16)
+        where = real_positions(block) if packed else None
+        prefix = model(x, torch.arange(8), positions, block, visible=8, where=where)  # rows 0..2 of 4
+        model.spread_rows(torch.tensor([0, 1, 2, 0]))
+        step = torch.randn(4, 1, CONFIG.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        after = model(step, torch.tensor([8]), torch.full((4, 1, 3), 9.0, dtype=torch.float64),
+                      torch.full((4, 1), 8), visible=16)
+        keys = [layer.attention.cache.keys[:, :, :8].transpose(1, 2)[:3][real] for layer in model.layers]
+        model.clear_caches()
+        return prefix, after, keys
+
+    padded, packed = run(False), run(True)
+    torch.testing.assert_close(packed[0][real], padded[0][real], rtol=1e-12, atol=1e-12)
+    assert (packed[0][~real] == 0).all()
+    torch.testing.assert_close(packed[1], padded[1], rtol=1e-12, atol=1e-12)
+    for packed_keys, padded_keys in zip(packed[2], padded[2]):
+        torch.testing.assert_close(packed_keys, padded_keys, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="setup_caches"):
+        model(x, torch.arange(8), positions, block, where=real_positions(block))
 
 
 def test_one_block_given_once_equals_the_block_repeated():
