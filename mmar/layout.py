@@ -14,6 +14,7 @@ centres of the final grid they cover (row and column scaled to the final grid).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -130,15 +131,22 @@ def grid_positions(grid: tuple[int, int, int], start: torch.Tensor, num_steps: i
 
 def scale_positions(scales: tuple[tuple[int, int], ...], grid: tuple[int, int, int], start: torch.Tensor) -> torch.Tensor:
     """Positions of every scale's cells, scaled to the final grid, opening at `start` (B,) -> (B, sum h*w, 3)."""
+    return start.view(-1, 1, 1).float() + _scale_offsets(tuple(map(tuple, scales)), tuple(grid)).to(start.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _scale_offsets(scales: tuple[tuple[int, int], ...], grid: tuple[int, int, int]) -> torch.Tensor:
+    """`scale_positions` from 0 (L, 3), built once per layout (~0.25 ms a generation otherwise);
+    an ordinary tensor even when first asked for in inference mode, since training reuses it."""
     _, height, width = grid
     pieces = []
-    for h, w in scales:
-        rows = (torch.arange(h, dtype=torch.float32) + 0.5) * height / h - 0.5  # (h,) centre in final-grid units
-        cols = (torch.arange(w, dtype=torch.float32) + 0.5) * width / w - 0.5  # (w,)
-        r, c = torch.meshgrid(rows, cols, indexing="ij")
-        pieces.append(torch.stack([torch.zeros(h * w), r.reshape(-1), c.reshape(-1)], dim=-1))  # (h*w, 3)
-    offsets = torch.cat(pieces).to(start.device)  # (L, 3)
-    return start.view(-1, 1, 1).float() + offsets  # (B, L, 3)
+    with torch.inference_mode(False):
+        for h, w in scales:
+            rows = (torch.arange(h, dtype=torch.float32) + 0.5) * height / h - 0.5  # (h,) centre in final-grid units
+            cols = (torch.arange(w, dtype=torch.float32) + 0.5) * width / w - 0.5  # (w,)
+            r, c = torch.meshgrid(rows, cols, indexing="ij")
+            pieces.append(torch.stack([torch.zeros(h * w), r.reshape(-1), c.reshape(-1)], dim=-1))  # (h*w, 3)
+        return torch.cat(pieces)  # (L, 3)
 
 
 def segment_span(spec: ModalitySpec) -> int:
