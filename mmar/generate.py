@@ -101,7 +101,7 @@ class Sequence:
             hidden = prefill(x, self.take(x.shape[1]), positions, block, self.length, where)[:, -1]  # (R, D)
             if repeats:
                 index = torch.tensor([distinct.index(source) for source in sources], device=hidden.device)  # (B,)
-                model.transformer.spread_rows(index)
+                model.transformer.spread_rows(index, self.length)
                 hidden = hidden[index]  # (B, D)
             self.last_hidden = hidden  # (B, D)
         else:

@@ -83,7 +83,7 @@ def test_shared_prefill_row_and_visible_slots_equal_the_full_computation():
                   for i in range(6, 10)]
     model.setup_caches(4, 16)
     prefix = model(x[:3, :6], torch.arange(6), positions[:3, :6], block[:3, :6], visible=6)  # rows 0..2 only
-    model.spread_rows(torch.tensor([0, 1, 2, 2]))
+    model.spread_rows(torch.tensor([0, 1, 2, 2]), 6)  # the 6 written slots
     steps = [model(x[:, i:i + 1], torch.tensor([i]), positions[:, i:i + 1], block[:, i:i + 1], visible=i + 1)
              for i in range(6, 10)]
     model.clear_caches()
