@@ -122,14 +122,17 @@ def count_calls(modules: dict[str, torch.nn.Module], fn) -> dict[str, int]:
 def outside_compiled_share(fn) -> float:
     """Run fn() once under the torch profiler -> the share of the decode loop's host time (the
     `mmar::fill` range `generate` marks) spent outside compiled regions (dynamo's
-    "Torch-Compiled Region" ranges): 0 when the loop does nothing but call the compiled step."""
+    "Torch-Compiled Region" ranges within it; the prompt's compiled prefill runs before it): 0 when
+    the loop does nothing but call the compiled step."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], acc_events=True) as profiler:
         fn()
     events = profiler.events()
+    loops = [event.time_range for event in events if event.name == "mmar::fill"]
     loop = sum(event.cpu_time_total for event in events if event.name == "mmar::fill")
-    inside = sum(event.cpu_time_total for event in events if event.name.startswith("Torch-Compiled Region"))
+    inside = sum(event.cpu_time_total for event in events if event.name.startswith("Torch-Compiled Region")
+                 and any(r.start <= event.time_range.start and event.time_range.end <= r.end for r in loops))
     return round(max(0.0, 1.0 - inside / loop), 3) if loop else float("nan")
 
 

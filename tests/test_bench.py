@@ -34,6 +34,25 @@ def test_outside_share_is_everything_without_a_compiled_step():
     assert share == 1.0  # eager: the whole loop runs outside any compiled region
 
 
+def test_outside_share_counts_only_compiled_regions_inside_the_loop():
+    """A compiled call before the loop (the prompt's compiled prefill) is not the loop's time."""
+    from torch.profiler import record_function
+
+    from mmar.bench import outside_compiled_share
+
+    double = torch.compile(lambda x: x * 2, backend="eager", fullgraph=True)
+    x = torch.ones(64)
+
+    def run():
+        for _ in range(20):
+            double(x)  # before the loop
+        with record_function("mmar::fill"):
+            for _ in range(20):
+                x.sin()  # the loop: eager only
+
+    assert outside_compiled_share(run) == 1.0
+
+
 def test_cache_and_training_figures():
     rows = bench_cache(TINY, CPU, repeats=1)
     assert [row["tokens"] for row in rows] == [64, 256]
