@@ -25,7 +25,7 @@ from mmar.decode import DecodeSteps, at, compile_dynamic
 from mmar.layout import EOS, grid_positions, scale_positions
 from mmar.model import MMAR
 from mmar.packing import Batch, Segment, pack
-from mmar.transformer import PAD_BLOCK, real_positions
+from mmar.transformer import real_positions
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
 
@@ -96,7 +96,8 @@ class Sequence:
                 x, positions, block = x[distinct], positions[distinct], block[distinct]  # (R, T0, ...)
             # A left-padded batch (prompts of several lengths; guidance's empty text) prefills its real
             # positions only.
-            where = real_positions(block) if bool((block >= PAD_BLOCK).any()) else None
+            real = real_positions(block)  # (rows (M,), columns (M,))
+            where = real if len(real[0]) < block.numel() else None
             prefill = compile_dynamic(model.transformer) if compiled else model.transformer
             hidden = prefill(x, self.take(x.shape[1]), positions, block, self.length, where)[:, -1]  # (R, D)
             if repeats:

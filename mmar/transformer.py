@@ -147,7 +147,7 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(batch, length, -1))  # (B, T, H hd)
 
     def attend_packed(self, q, k, v, slots, mask, visible, where):
-        """Attention of a packed prompt (`Transformer.forward(packed=True)`): q, k, v (1, H or H_kv, M, hd)
+        """Attention of a packed prompt (`Transformer.forward`'s `where`): q, k, v (1, H or H_kv, M, hd)
         of the M real positions, which sit at `where` = (rows, columns) (M,) each of the (B, T) batch
         -> (1, M, H hd). Keys and values go to the cache at (row, slot); the queries are laid out as
         (B, H, T, hd) for one attention call over the cache (a padding query, zero, sees its own slot)."""
