@@ -503,9 +503,7 @@ def _warmup_reporter():
             print(f"{modality}: compiling the prompt's prefill and the decode step on first use (warm-up) ...",
                   file=sys.stderr, flush=True)
             started[modality] = now
-        elif done == 1 and total > 1:
-            pass  # drawn from the prefill: the decode step compiles next
-        elif modality in started:
+        elif modality in started and (done > 1 or done == total):  # step 1 is drawn from the prefill
             rest = f"; drawing {total - done} more steps" if done < total else ""
             print(f"{modality}: warm-up done in {now - started.pop(modality):.1f} s{rest}", file=sys.stderr,
                   flush=True)
