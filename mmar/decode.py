@@ -20,7 +20,8 @@ dynamic shapes (`compile_dynamic`), and it computes each distinct row once (repe
 guidance's empty-text rows; `Sequence`) and only its real positions (a left-padded row's padding
 skipped: `Transformer.forward`'s `where`). On CPU a step multiplies
 few rows by each weight matrix, which a BLAS call does poorly: the backend has inductor build
-those products as loops of its own (`small_linear`).
+those products as loops of its own, and runs the larger ones on weights packed once for oneDNN
+(`mmar/cpu_linears.py`).
 
 Where the ideas come from (the code is written here): gpt-fast (pytorch-labs) compiles its
 `decode_one_token` — model step and sampling — with `mode="reduce-overhead"` and clones the tokens
@@ -39,6 +40,7 @@ from typing import Any, Callable
 import torch
 
 from mmar import patterns
+from mmar.cpu_linears import pack_weights, route_linears, small_linear
 from mmar.model import MMAR
 
 #: compiled graphs one step function may keep: batch sizes x cache spans x settings (dynamo's default is 8).
@@ -140,54 +142,17 @@ def scales_steps(model: MMAR, name: str, options: dict[str, Any], feed: Feed, co
     return codes
 
 
-#: a compiled CPU linear layer of at most this many rows runs as a reduction (`small_linear`)
-SMALL_LINEAR_ROWS = 8
-
-
-def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` for few rows, written as a product summed over the input features, for inductor
-    to build as a loop of its own instead of a BLAS call.
-
-    A decode step multiplies a few rows (batch 1 with guidance: 2) by every weight matrix, and a
-    BLAS call is built for many. Inductor's loop reads each weight row once and keeps it in L1 for
-    all rows (outputs outer, rows inner, features vectorized). Measured on CPU, one thread, a step's
-    17 weight matrices (d=192, 4 layers): 171 us at 2 rows against 390 us through BLAS, 265 vs 457
-    at 4, 473 vs 581 at 8; from ~12 rows BLAS wins."""
-    from torch._inductor import inductor_prims
-
-    rows = x.reshape(-1, x.shape[-1])  # (M, K)
-    rows = inductor_prims.force_stride_order(rows, (rows.shape[1], 1))  # computed once, not inside the sum
-    out = (weight[:, None, :] * rows[None]).sum(-1).t()  # (N, M, K) summed over K -> (M, N)
-    if bias is not None:
-        out = out + bias
-    return out.reshape(*x.shape[:-1], weight.shape[0])  # (..., N)
-
-
-def route_small_linears(graph: torch.fx.GraphModule) -> int:
-    """Have every linear layer of at most SMALL_LINEAR_ROWS rows in a traced (dynamo) graph call
-    `small_linear` -> how many do."""
-    routed = 0
-    for node in graph.graph.find_nodes(op="call_function", target=torch._C._nn.linear):
-        x = node.args[0].meta.get("example_value") if isinstance(node.args[0], torch.fx.Node) else None  # (..., K)
-        static = isinstance(x, torch.Tensor) and all(isinstance(size, int) for size in x.shape)  # not a dynamic graph
-        if static and x.numel() <= SMALL_LINEAR_ROWS * x.shape[-1]:
-            node.target = small_linear
-            routed += 1
-    graph.recompile()
-    return routed
-
-
 def _inductor_cpp_wrapper(graph: torch.fx.GraphModule, inputs: list) -> Callable:
-    """The CPU backend: each linear layer of few rows becomes `small_linear` (in the traced graph,
-    `route_small_linears`, so that inductor's caches tell the two apart), then inductor with its C++
-    wrapper, which calls the kernels without a Python wrapper in between (measured ~10% faster a
+    """The CPU backend: each linear layer becomes `small_linear` (few rows) or `packed_linear` (in the
+    traced graph, `cpu_linears.route_linears`, so that inductor's caches tell them apart), then
+    inductor with its C++ wrapper, which calls the kernels without a Python wrapper in between (measured ~10% faster a
     step at batch 1, d=192, 4 layers, for a longer cold compile).
 
     A backend function rather than `torch.compile(options=...)`, which copies inductor's whole
     config each time it is called (~1.4 ms, twice a generation: 3-7% of a batch-1 image)."""
     from torch._inductor.compile_fx import compile_fx
 
-    route_small_linears(graph)
+    route_linears(graph)
     # Inductor caches a graph calling a function of ours only when told its cache key: here a hash
     # of the function's code, so that an edit to it compiles afresh.
     code = hashlib.sha256(marshal.dumps(small_linear.__code__)).hexdigest()
@@ -199,9 +164,10 @@ def compile_dynamic(module: torch.nn.Module) -> Callable:
     """A forward whose shapes follow its inputs, compiled once for all of them (dynamic shapes): a
     prompt's prefill (`generate.Sequence`), whose length and count of real positions follow the
     prompts, and the recomputed sequence of the uncached reference path. On CPU with the backend
-    of the decode steps (the few-row linears stay BLAS calls: their rows are symbolic)."""
+    of the decode steps (every linear layer packed: their rows are symbolic)."""
     if next(module.parameters()).device.type == "cuda":
         return torch.compile(module, dynamic=True, fullgraph=True)
+    pack_weights(module)
     return torch.compile(module, dynamic=True, fullgraph=True, backend=_inductor_cpp_wrapper)
 
 
@@ -236,6 +202,8 @@ class DecodeSteps:
         self.first = first  # from the prefill's last hidden state: once per generation, eager
         self.causal, self.scales = (self.compile(causal, cuda_graphs), self.compile(scales, cuda_graphs)) \
             if compiled else (causal, scales)
+        if compiled and not cuda_graphs:
+            pack_weights(model)  # the CPU backend's `packed_linear` layers
         self.keep = (lambda tensor: tensor.clone()) if cuda_graphs else (lambda tensor: tensor)
         self.made: set = set()  # the kinds of compiled call this loop has made (`guards`)
 

@@ -1,0 +1,99 @@
+"""The compiled decode step's CPU backend: linear layers of few rows as reductions, the others on
+weights packed for oneDNN (`mmar/cpu_linears.py`).
+
+That the whole compiled step draws what the eager one draws is tested per head kind in
+test_generate.py (`test_compiled_decode_step_equals_eager`); these test the parts."""
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmar import cpu_linears
+from mmar.cpu_linears import SMALL_LINEAR_ROWS, pack_weights, packed_linear, route_linears, small_linear
+
+needs_onednn = pytest.mark.skipif(not cpu_linears.packing_available(), reason="this torch build has no oneDNN")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(2, 16), (1, 3, 16), (2, 1, 4, 16)])
+def test_small_linear_equals_linear(shape, bias):
+    torch.manual_seed(0)
+    x, weight = torch.randn(shape, dtype=torch.float64), torch.randn(24, 16, dtype=torch.float64)
+    b = torch.randn(24, dtype=torch.float64) if bias else None
+    out = small_linear(x, weight, b)
+    assert out.shape == (*shape[:-1], 24)
+    torch.testing.assert_close(out, F.linear(x, weight, b), rtol=1e-12, atol=1e-12)
+
+
+@needs_onednn
+def test_linears_are_routed_by_their_rows():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 24)
+    routed, graphs = [], []
+
+    def backend(graph, inputs):  # what the CPU backend does before inductor, then run the graph as it is
+        routed.append(route_linears(graph))
+        graphs.append(graph)
+        return graph.forward
+
+    few, many = torch.randn(1, 2, 16), torch.randn(SMALL_LINEAR_ROWS + 1, 16)
+    compiled = torch.compile(lambda a, b: (layer(a).sum(), layer(b).sum()), backend=backend, fullgraph=True)
+    with torch.no_grad():
+        out = compiled(few, many)
+        expected = (layer(few).sum(), layer(many).sum())
+    assert routed == [(1, 1)]
+    targets = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
+    assert targets.count(small_linear) == 1 and targets.count(packed_linear) == 1
+    assert targets.count(torch._C._nn.linear) == 0
+    torch.testing.assert_close(out, expected)
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(12, 16), (2, 9, 16)])
+def test_packed_linear_equals_linear_and_uses_the_packed_copy(shape, bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 24, bias=bias)
+    x = torch.randn(shape)
+    assert pack_weights(layer) == 1 and pack_weights(layer) == 0  # packed once, then kept
+    entry = cpu_linears._PACKED[layer.weight.data_ptr()]
+    assert entry.source() is layer.weight and entry.weight.is_mkldnn
+    with torch.no_grad():
+        out = packed_linear(x, layer.weight, layer.bias)
+    assert out.shape == (*shape[:-1], 24)
+    torch.testing.assert_close(out, layer(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_a_changed_weight_never_runs_on_its_stale_packed_copy():
+    torch.manual_seed(0)
+    layer, x = nn.Linear(16, 24, bias=False), torch.randn(12, 16)
+    pack_weights(layer)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer(x).square().sum().backward()
+    optimizer.step()  # an in-place update: the version counter moves
+    with torch.no_grad():
+        torch.testing.assert_close(packed_linear(x, layer.weight, None), layer(x), rtol=1e-5, atol=1e-5)
+        assert pack_weights(layer) == 1  # packed afresh
+        layer.load_state_dict({"weight": torch.randn(24, 16)})  # a checkpoint loaded in place
+        torch.testing.assert_close(packed_linear(x, layer.weight, None), layer(x), rtol=1e-5, atol=1e-5)
+        assert pack_weights(layer) == 1
+
+
+@needs_onednn
+def test_a_packed_copy_goes_with_its_weight():
+    layer = nn.Linear(16, 24, bias=False)
+    pack_weights(layer)
+    key = layer.weight.data_ptr()
+    assert key in cpu_linears._PACKED
+    del layer
+    gc.collect()
+    assert key not in cpu_linears._PACKED
+
+
+def test_only_float32_cpu_linear_weights_are_packed():
+    model = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 16).double(), nn.Linear(16, 8))
+    assert pack_weights(model) == (1 if cpu_linears.packing_available() else 0)
