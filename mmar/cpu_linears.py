@@ -5,9 +5,10 @@ matrix into its own tile layout before multiplying. Decoding multiplies few rows
 
 - at most `SMALL_LINEAR_ROWS` rows (a decode step at small batch), `small_linear`: the product
   written as a sum over the input features, which inductor builds as a loop of its own;
-- more rows (a scale of a next-scale step, a step at batch 16, a prompt's prefill),
-  `packed_linear`: oneDNN's product on a weight packed into oneDNN's layout once, ahead of the
-  call (`pack_weights`), and kept while the weight is unchanged.
+- much work (a later scale of a next-scale step, a prompt's prefill), `packed_linear`: oneDNN's
+  product on a weight packed into oneDNN's layout once, ahead of the call (`pack_weights`), and
+  kept while the weight is unchanged;
+- in between (a step at batch 16), BLAS: oneDNN's fixed cost a call outweighs packing's gain.
 
 The packed copy is checked on every call against its source weight (the same live parameter, at
 the same address, with no in-place update since: its version counter), so a training step or a
@@ -29,6 +30,12 @@ from torch import nn
 
 #: a compiled CPU linear layer of at most this many rows runs as a reduction (`small_linear`)
 SMALL_LINEAR_ROWS = 8
+
+#: ... and one of at least this many multiply-adds (rows x inputs x outputs) on a packed weight
+#: (`packed_linear`); between the two, BLAS. A oneDNN call costs ~11 us more than a BLAS call
+#: before any work, and the operator's way through Python ~7 us more: at 2-4 M multiply-adds
+#: (~50-100 us of work) packing's gain no longer pays for them.
+PACKED_LINEAR_WORK = 8 * 2**20
 
 
 def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,6 +134,12 @@ _LIBRARY.impl("packed_linear", _packed_linear_shape, "Meta")
 packed_linear = torch.ops.mmar.packed_linear
 
 
+def work(node: torch.fx.Node) -> int:
+    """A traced linear layer's multiply-adds: rows x inputs x outputs."""
+    inputs, outputs = node.args[0].meta["example_value"], node.meta["example_value"]  # (..., K), (..., N)
+    return outputs.numel() * inputs.shape[-1]
+
+
 def route_linears(graph: torch.fx.GraphModule) -> tuple[int, int]:
     """Have each linear layer of a traced (dynamo) CPU graph call `small_linear` (at most
     SMALL_LINEAR_ROWS rows, static shapes) or `packed_linear` (float32, more rows or rows not known
@@ -140,7 +153,7 @@ def route_linears(graph: torch.fx.GraphModule) -> tuple[int, int]:
         if static and x.numel() <= SMALL_LINEAR_ROWS * x.shape[-1]:
             node.target = small_linear
             small += 1
-        elif x.dtype == torch.float32 and packing_available():
+        elif x.dtype == torch.float32 and packing_available() and (not static or work(node) >= PACKED_LINEAR_WORK):
             x, weight, bias = (list(node.args) + [node.kwargs.get("bias")])[:3]
             node.target, node.args, node.kwargs = packed_linear, (x, weight, bias), {}
             packed += 1

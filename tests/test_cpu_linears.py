@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import SPECS, fake_teacher_inputs, tiny_model
 from mmar import cpu_linears
-from mmar.cpu_linears import SMALL_LINEAR_ROWS, pack_weights, packed_linear, route_linears, small_linear
+from mmar.bench import has_cxx_compiler
+from mmar.cpu_linears import PACKED_LINEAR_WORK, SMALL_LINEAR_ROWS, pack_weights, packed_linear, route_linears, small_linear
+from mmar.generate import SamplingConfig, generate
+
+PROMPTS = [torch.tensor(list(b"a red circle")), torch.tensor(list(b"blue"))]
 
 needs_onednn = pytest.mark.skipif(not cpu_linears.packing_available(), reason="this torch build has no oneDNN")
 
@@ -29,9 +34,9 @@ def test_small_linear_equals_linear(shape, bias):
 
 
 @needs_onednn
-def test_linears_are_routed_by_their_rows():
+def test_linears_are_routed_by_their_rows_and_work():
     torch.manual_seed(0)
-    layer = nn.Linear(16, 24)
+    layer = nn.Linear(256, 1024)
     routed, graphs = [], []
 
     def backend(graph, inputs):  # what the CPU backend does before inductor, then run the graph as it is
@@ -39,15 +44,17 @@ def test_linears_are_routed_by_their_rows():
         graphs.append(graph)
         return graph.forward
 
-    few, many = torch.randn(1, 2, 16), torch.randn(SMALL_LINEAR_ROWS + 1, 16)
-    compiled = torch.compile(lambda a, b: (layer(a).sum(), layer(b).sum()), backend=backend, fullgraph=True)
+    few = torch.randn(1, SMALL_LINEAR_ROWS, 256)
+    middle = torch.randn(SMALL_LINEAR_ROWS + 1, 256)  # few multiply-adds: BLAS
+    many = torch.randn(2, PACKED_LINEAR_WORK // (256 * 1024 * 2), 256)
+    compiled = torch.compile(lambda a, b, c: (layer(a).sum(), layer(b).sum(), layer(c).sum()), backend=backend,
+                             fullgraph=True)
     with torch.no_grad():
-        out = compiled(few, many)
-        expected = (layer(few).sum(), layer(many).sum())
+        out = compiled(few, middle, many)
+        expected = (layer(few).sum(), layer(middle).sum(), layer(many).sum())
     assert routed == [(1, 1)]
     targets = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
-    assert targets.count(small_linear) == 1 and targets.count(packed_linear) == 1
-    assert targets.count(torch._C._nn.linear) == 0
+    assert [targets.count(target) for target in (small_linear, torch._C._nn.linear, packed_linear)] == [1, 1, 1]
     torch.testing.assert_close(out, expected)
 
 
@@ -97,3 +104,32 @@ def test_a_packed_copy_goes_with_its_weight():
 def test_only_float32_cpu_linear_weights_are_packed():
     model = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 16).double(), nn.Linear(16, 8))
     assert pack_weights(model) == (1 if cpu_linears.packing_available() else 0)
+
+
+@pytest.mark.slow
+@needs_onednn
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+def test_a_compiled_generation_runs_on_packed_weights(monkeypatch):
+    """Every larger linear layer of a float32 model on its packed copy (the work threshold lowered to
+    0, so a tiny model has some): the compiled generation calls them and draws what eager draws."""
+    model = tiny_model("next_scale")
+    config = SamplingConfig(guidance_scale=3.0, seed=5)
+    teacher = fake_teacher_inputs(SPECS["next_scale"])
+    eager = generate(model, PROMPTS, "image", config, teacher_inputs=teacher)
+    used = []
+
+    def valid(entry, weight):  # counts the calls that ran on a packed copy
+        packed = check(entry, weight)
+        used.append(packed is not None)
+        return packed
+
+    check = cpu_linears._valid
+    monkeypatch.setattr(cpu_linears, "_valid", valid)
+    monkeypatch.setattr(cpu_linears, "PACKED_LINEAR_WORK", 0)
+    torch._dynamo.reset()  # graphs of this shape compiled by another test route by the usual threshold
+    try:
+        compiled = generate(model, PROMPTS, "image", config, teacher_inputs=teacher, compile_step=True)
+    finally:
+        torch._dynamo.reset()
+    assert used.count(True) >= 2 * model.transformer.config.num_layers  # prefill and scales, every layer
+    assert torch.equal(compiled, eager)
