@@ -5,10 +5,11 @@ matrix into its own tile layout before multiplying. Decoding multiplies few rows
 
 - at most `SMALL_LINEAR_ROWS` rows (a decode step at small batch), `small_linear`: the product
   written as a sum over the input features, which inductor builds as a loop of its own;
-- much work (a later scale of a next-scale step, a prompt's prefill), `packed_linear`: oneDNN's
-  product on a weight packed into oneDNN's layout once, ahead of the call (`pack_weights`), and
-  kept while the weight is unchanged;
-- in between (a step at batch 16), BLAS: oneDNN's fixed cost a call outweighs packing's gain.
+- much work on a large weight (a later scale of a next-scale step, a prompt's prefill, from
+  d=256 or so), `packed_linear`: oneDNN's product on a weight packed into oneDNN's layout once,
+  ahead of the call (`pack_weights`), and kept while the weight is unchanged;
+- the rest (a step at batch 16, small weights), BLAS: oneDNN's fixed cost a call, or BLAS's cheap
+  re-packing of a weight that stays in cache, leaves packing no gain.
 
 The packed copy is checked on every call against its source weight (the same live parameter, at
 the same address, with no in-place update since: its version counter), so a training step or a
@@ -32,10 +33,15 @@ from torch import nn
 SMALL_LINEAR_ROWS = 8
 
 #: ... and one of at least this many multiply-adds (rows x inputs x outputs) on a packed weight
-#: (`packed_linear`); between the two, BLAS. A oneDNN call costs ~11 us more than a BLAS call
-#: before any work, and the operator's way through Python ~7 us more: at 2-4 M multiply-adds
-#: (~50-100 us of work) packing's gain no longer pays for them.
+#: (`packed_linear`), if the weight is large too; between the two, BLAS. A oneDNN call costs ~11 us
+#: more than a BLAS call before any work, and the operator's way through Python ~7 us more: at 2-4 M
+#: multiply-adds (~50-100 us of work) packing's gain no longer pays for them.
 PACKED_LINEAR_WORK = 8 * 2**20
+
+#: ... the weight's entries: 2^18 is 1 MiB in float32, one core's L2 cache here. Below it MKL
+#: re-packs a weight cheaply, and packing measured no faster (d=192, every weight below it: 0.96-0.99x
+#: a batch-1 next-scale image), above it 1.05x (d=256, where only the MLP's input weight reaches it).
+PACKED_LINEAR_WEIGHT = 2**18
 
 
 def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -140,10 +146,17 @@ def work(node: torch.fx.Node) -> int:
     return outputs.numel() * inputs.shape[-1]
 
 
+def weight_size(node: torch.fx.Node) -> int:
+    """A traced linear layer's weight entries: inputs x outputs."""
+    inputs, outputs = node.args[0].meta["example_value"], node.meta["example_value"]  # (..., K), (..., N)
+    return int(inputs.shape[-1] * outputs.shape[-1])
+
+
 def route_linears(graph: torch.fx.GraphModule) -> tuple[int, int]:
     """Have each linear layer of a traced (dynamo) CPU graph call `small_linear` (at most
-    SMALL_LINEAR_ROWS rows, static shapes) or `packed_linear` (float32, more rows or rows not known
-    until run time) -> how many of each."""
+    SMALL_LINEAR_ROWS rows, static shapes) or `packed_linear` (float32, a weight of at least
+    PACKED_LINEAR_WEIGHT entries, and PACKED_LINEAR_WORK multiply-adds or rows not known until run
+    time) -> how many of each."""
     small = packed = 0
     for node in graph.graph.find_nodes(op="call_function", target=torch._C._nn.linear):
         x = node.args[0].meta.get("example_value") if isinstance(node.args[0], torch.fx.Node) else None  # (..., K)
@@ -153,7 +166,8 @@ def route_linears(graph: torch.fx.GraphModule) -> tuple[int, int]:
         if static and x.numel() <= SMALL_LINEAR_ROWS * x.shape[-1]:
             node.target = small_linear
             small += 1
-        elif x.dtype == torch.float32 and packing_available() and (not static or work(node) >= PACKED_LINEAR_WORK):
+        elif (x.dtype == torch.float32 and packing_available() and (not static or work(node) >= PACKED_LINEAR_WORK)
+              and weight_size(node) >= PACKED_LINEAR_WEIGHT):
             x, weight, bias = (list(node.args) + [node.kwargs.get("bias")])[:3]
             node.target, node.args, node.kwargs = packed_linear, (x, weight, bias), {}
             packed += 1

@@ -14,7 +14,7 @@ from torch import nn
 from conftest import SPECS, fake_teacher_inputs, tiny_model
 from mmar import cpu_linears
 from mmar.bench import has_cxx_compiler
-from mmar.cpu_linears import PACKED_LINEAR_WORK, SMALL_LINEAR_ROWS, pack_weights, packed_linear, route_linears, small_linear
+from mmar.cpu_linears import PACKED_LINEAR_WEIGHT, PACKED_LINEAR_WORK, SMALL_LINEAR_ROWS, pack_weights, packed_linear, route_linears, small_linear
 from mmar.generate import SamplingConfig, generate
 
 PROMPTS = [torch.tensor(list(b"a red circle")), torch.tensor(list(b"blue"))]
@@ -34,9 +34,10 @@ def test_small_linear_equals_linear(shape, bias):
 
 
 @needs_onednn
-def test_linears_are_routed_by_their_rows_and_work():
+def test_linears_are_routed_by_their_rows_work_and_weight():
     torch.manual_seed(0)
-    layer = nn.Linear(256, 1024)
+    layer, small = nn.Linear(256, 1024), nn.Linear(64, 64)
+    assert layer.weight.numel() >= PACKED_LINEAR_WEIGHT > small.weight.numel()
     routed, graphs = [], []
 
     def backend(graph, inputs):  # what the CPU backend does before inductor, then run the graph as it is
@@ -47,15 +48,16 @@ def test_linears_are_routed_by_their_rows_and_work():
     few = torch.randn(1, SMALL_LINEAR_ROWS, 256)
     middle = torch.randn(SMALL_LINEAR_ROWS + 1, 256)  # few multiply-adds: BLAS
     many = torch.randn(2, PACKED_LINEAR_WORK // (256 * 1024 * 2), 256)
-    compiled = torch.compile(lambda a, b, c: (layer(a).sum(), layer(b).sum(), layer(c).sum()), backend=backend,
+    many_on_small = torch.randn(PACKED_LINEAR_WORK // (64 * 64), 64)  # a small weight: BLAS
+    compiled = torch.compile(lambda a, b, c, d: [layer(a), layer(b), layer(c), small(d)], backend=backend,
                              fullgraph=True)
     with torch.no_grad():
-        out = compiled(few, middle, many)
-        expected = (layer(few).sum(), layer(middle).sum(), layer(many).sum())
+        out = compiled(few, middle, many, many_on_small)
+        expected = [layer(few), layer(middle), layer(many), small(many_on_small)]
     assert routed == [(1, 1)]
     targets = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
-    assert [targets.count(target) for target in (small_linear, torch._C._nn.linear, packed_linear)] == [1, 1, 1]
-    torch.testing.assert_close(out, expected)
+    assert [targets.count(target) for target in (small_linear, torch._C._nn.linear, packed_linear)] == [1, 2, 1]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @needs_onednn
@@ -110,8 +112,9 @@ def test_only_float32_cpu_linear_weights_are_packed():
 @needs_onednn
 @pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
 def test_a_compiled_generation_runs_on_packed_weights(monkeypatch):
-    """Every larger linear layer of a float32 model on its packed copy (the work threshold lowered to
-    0, so a tiny model has some): the compiled generation calls them and draws what eager draws."""
+    """Every larger linear layer of a float32 model on its packed copy (the work and weight thresholds
+    lowered to 0, so a tiny model has some): the compiled generation calls them and draws what eager
+    draws."""
     model = tiny_model("next_scale")
     config = SamplingConfig(guidance_scale=3.0, seed=5)
     teacher = fake_teacher_inputs(SPECS["next_scale"])
@@ -126,6 +129,7 @@ def test_a_compiled_generation_runs_on_packed_weights(monkeypatch):
     check = cpu_linears._valid
     monkeypatch.setattr(cpu_linears, "_valid", valid)
     monkeypatch.setattr(cpu_linears, "PACKED_LINEAR_WORK", 0)
+    monkeypatch.setattr(cpu_linears, "PACKED_LINEAR_WEIGHT", 0)
     torch._dynamo.reset()  # graphs of this shape compiled by another test route by the usual threshold
     try:
         compiled = generate(model, PROMPTS, "image", config, teacher_inputs=teacher, compile_step=True)
