@@ -78,15 +78,16 @@ def packing_available() -> bool:
 
 
 def pack_weights(module: nn.Module) -> int:
-    """Pack every float32 CPU `nn.Linear` weight of `module` whose packed copy is missing or stale
-    -> how many were packed. Cheap when nothing changed (a dict lookup per layer): call it before
+    """Pack every float32 CPU `nn.Linear` weight of `module` of at least PACKED_LINEAR_WEIGHT entries
+    whose packed copy is missing or stale -> how many were packed. Cheap when nothing changed (a dict lookup per layer): call it before
     every compiled generation."""
     if not packing_available():
         return 0
     packed = 0
     for layer in module.modules():
         weight = getattr(layer, "weight", None) if isinstance(layer, nn.Linear) else None
-        if weight is None or weight.device.type != "cpu" or weight.dtype != torch.float32:
+        if (weight is None or weight.device.type != "cpu" or weight.dtype != torch.float32
+                or weight.numel() < PACKED_LINEAR_WEIGHT):  # never routed to `packed_linear`
             continue
         if _valid(_PACKED.get(weight.data_ptr()), weight) is None:
             _pack(weight)

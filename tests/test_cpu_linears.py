@@ -22,6 +22,12 @@ PROMPTS = [torch.tensor(list(b"a red circle")), torch.tensor(list(b"blue"))]
 needs_onednn = pytest.mark.skipif(not cpu_linears.packing_available(), reason="this torch build has no oneDNN")
 
 
+@pytest.fixture
+def any_weight(monkeypatch):
+    """Tiny layers packed too (the weight threshold lowered to 0)."""
+    monkeypatch.setattr(cpu_linears, "PACKED_LINEAR_WEIGHT", 0)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("shape", [(2, 16), (1, 3, 16), (2, 1, 4, 16)])
 def test_small_linear_equals_linear(shape, bias):
@@ -63,7 +69,7 @@ def test_linears_are_routed_by_their_rows_work_and_weight():
 @needs_onednn
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("shape", [(12, 16), (2, 9, 16)])
-def test_packed_linear_equals_linear_and_uses_the_packed_copy(shape, bias):
+def test_packed_linear_equals_linear_and_uses_the_packed_copy(shape, bias, any_weight):
     torch.manual_seed(0)
     layer = nn.Linear(16, 24, bias=bias)
     x = torch.randn(shape)
@@ -77,7 +83,7 @@ def test_packed_linear_equals_linear_and_uses_the_packed_copy(shape, bias):
 
 
 @needs_onednn
-def test_a_changed_weight_never_runs_on_its_stale_packed_copy():
+def test_a_changed_weight_never_runs_on_its_stale_packed_copy(any_weight):
     torch.manual_seed(0)
     layer, x = nn.Linear(16, 24, bias=False), torch.randn(12, 16)
     pack_weights(layer)
@@ -93,7 +99,7 @@ def test_a_changed_weight_never_runs_on_its_stale_packed_copy():
 
 
 @needs_onednn
-def test_a_packed_copy_goes_with_its_weight():
+def test_a_packed_copy_goes_with_its_weight(any_weight):
     layer = nn.Linear(16, 24, bias=False)
     pack_weights(layer)
     key = layer.weight.data_ptr()
@@ -103,15 +109,16 @@ def test_a_packed_copy_goes_with_its_weight():
     assert key not in cpu_linears._PACKED
 
 
-def test_only_float32_cpu_linear_weights_are_packed():
-    model = nn.Sequential(nn.Embedding(10, 16), nn.Linear(16, 16).double(), nn.Linear(16, 8))
+def test_only_large_float32_cpu_linear_weights_are_packed():
+    model = nn.Sequential(nn.Embedding(512, 512), nn.Linear(512, 512).double(), nn.Linear(512, 512),
+                          nn.Linear(16, 8))
     assert pack_weights(model) == (1 if cpu_linears.packing_available() else 0)
 
 
 @pytest.mark.slow
 @needs_onednn
 @pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
-def test_a_compiled_generation_runs_on_packed_weights(monkeypatch):
+def test_a_compiled_generation_runs_on_packed_weights(monkeypatch, any_weight):
     """Every larger linear layer of a float32 model on its packed copy (the work and weight thresholds
     lowered to 0, so a tiny model has some): the compiled generation calls them and draws what eager
     draws."""
@@ -129,7 +136,6 @@ def test_a_compiled_generation_runs_on_packed_weights(monkeypatch):
     check = cpu_linears._valid
     monkeypatch.setattr(cpu_linears, "_valid", valid)
     monkeypatch.setattr(cpu_linears, "PACKED_LINEAR_WORK", 0)
-    monkeypatch.setattr(cpu_linears, "PACKED_LINEAR_WEIGHT", 0)
     torch._dynamo.reset()  # graphs of this shape compiled by another test route by the usual threshold
     try:
         compiled = generate(model, PROMPTS, "image", config, teacher_inputs=teacher, compile_step=True)
