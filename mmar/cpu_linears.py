@@ -141,18 +141,6 @@ _LIBRARY.impl("packed_linear", _packed_linear_shape, "Meta")
 packed_linear = torch.ops.mmar.packed_linear
 
 
-def work(node: torch.fx.Node) -> int:
-    """A traced linear layer's multiply-adds: rows x inputs x outputs."""
-    inputs, outputs = node.args[0].meta["example_value"], node.meta["example_value"]  # (..., K), (..., N)
-    return outputs.numel() * inputs.shape[-1]
-
-
-def weight_size(node: torch.fx.Node) -> int:
-    """A traced linear layer's weight entries: inputs x outputs."""
-    inputs, outputs = node.args[0].meta["example_value"], node.meta["example_value"]  # (..., K), (..., N)
-    return int(inputs.shape[-1] * outputs.shape[-1])
-
-
 def route_linears(graph: torch.fx.GraphModule) -> tuple[int, int]:
     """Have each linear layer of a traced (dynamo) CPU graph call `small_linear` (at most
     SMALL_LINEAR_ROWS rows, static shapes) or `packed_linear` (float32, a weight of at least
@@ -164,11 +152,12 @@ def route_linears(graph: torch.fx.GraphModule) -> tuple[int, int]:
         if not isinstance(x, torch.Tensor) or x.device.type != "cpu":
             continue
         static = all(isinstance(size, int) for size in x.shape)  # not a dynamic graph
+        outputs = node.meta["example_value"].shape[-1]  # N
         if static and x.numel() <= SMALL_LINEAR_ROWS * x.shape[-1]:
             node.target = small_linear
             small += 1
-        elif (x.dtype == torch.float32 and packing_available() and (not static or work(node) >= PACKED_LINEAR_WORK)
-              and weight_size(node) >= PACKED_LINEAR_WEIGHT):
+        elif (x.dtype == torch.float32 and packing_available() and x.shape[-1] * outputs >= PACKED_LINEAR_WEIGHT
+              and (not static or x.numel() * outputs >= PACKED_LINEAR_WORK)):  # weight entries, multiply-adds
             x, weight, bias = (list(node.args) + [node.kwargs.get("bias")])[:3]
             node.target, node.args, node.kwargs = packed_linear, (x, weight, bias), {}
             packed += 1
