@@ -79,8 +79,8 @@ def packing_available() -> bool:
 
 def pack_weights(module: nn.Module) -> int:
     """Pack every float32 CPU `nn.Linear` weight of `module` of at least PACKED_LINEAR_WEIGHT entries
-    whose packed copy is missing or stale -> how many were packed. Cheap when nothing changed (a dict lookup per layer): call it before
-    every compiled generation."""
+    whose packed copy is missing or stale -> how many were packed. Cheap when nothing changed (a
+    dict lookup per layer): call it before every compiled generation."""
     if not packing_available():
         return 0
     packed = 0

@@ -143,10 +143,11 @@ def scales_steps(model: MMAR, name: str, options: dict[str, Any], feed: Feed, co
 
 
 def _inductor_cpp_wrapper(graph: torch.fx.GraphModule, inputs: list) -> Callable:
-    """The CPU backend: each linear layer becomes `small_linear` (few rows) or `packed_linear` (in the
-    traced graph, `cpu_linears.route_linears`, so that inductor's caches tell them apart), then
-    inductor with its C++ wrapper, which calls the kernels without a Python wrapper in between (measured ~10% faster a
-    step at batch 1, d=192, 4 layers, for a longer cold compile).
+    """The CPU backend: a linear layer of few rows becomes `small_linear`, one of much work on a
+    large weight `packed_linear` (in the traced graph, `cpu_linears.route_linears`, so that
+    inductor's caches tell them apart), then inductor with its C++ wrapper, which calls the kernels
+    without a Python wrapper in between (measured ~10% faster a step at batch 1, d=192, 4 layers,
+    for a longer cold compile).
 
     A backend function rather than `torch.compile(options=...)`, which copies inductor's whole
     config each time it is called (~1.4 ms, twice a generation: 3-7% of a batch-1 image)."""
