@@ -24,6 +24,14 @@ def test_tiny_quickstart_writes_everything(head, tmp_path):
     assert report["heads"] == {"image": head} and Pipeline.from_pretrained(out / "pipeline").head == head
 
 
+@pytest.mark.parametrize("recipe", ["single", "joint_all", "audio"])
+def test_a_bad_model_override_fails_before_any_tokenizer_trains(recipe, tmp_path):
+    out = tmp_path / "qs"
+    with pytest.raises(ValueError, match="do not divide"):
+        run_quickstart("next_token", out, ["ar.model.num_heads=5"], tiny=True, recipe=recipe)
+    assert not list(out.glob("tokenizer*/tokenizer"))  # nothing was trained
+
+
 def test_quickstart_command_with_another_head(tmp_path):
     out = tmp_path / "qs"
     result = subprocess.run([sys.executable, "-m", "mmar.cli", "quickstart", "--head", "next_scale", "--tiny",

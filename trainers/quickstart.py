@@ -90,20 +90,19 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
     heads = {"single": {"image": head}, "video": {"video": head}, "joint": dict(JOINT_RUNS),
              "joint_video": dict(JOINT_VIDEO_RUNS), "joint_all": dict(JOINT_ALL_RUNS)}[recipe]
     joint = recipe.startswith("joint")
-    tokenizer_dirs, tokenizer_reports, curves = {}, {}, {}
+    tokenizer_configs = {}
     for name, run_head in heads.items():
-        run_dir = out / (f"tokenizer_{name}" if joint else "tokenizer_run")
+        run_dir = str(out / (f"tokenizer_{name}" if joint else "tokenizer_run"))
         if name == "video":
-            config = (tiny_video_tokenizer if tiny else video_tokenizer)(run_head, str(run_dir))
+            config = (tiny_video_tokenizer if tiny else video_tokenizer)(run_head, run_dir)
         elif name == "audio":
-            config = (tiny_audio_tokenizer if tiny else audio_tokenizer)(str(run_dir))
+            config = (tiny_audio_tokenizer if tiny else audio_tokenizer)(run_dir)
         else:
-            config = (tiny_tokenizer if tiny else quickstart_tokenizer)(run_head, str(run_dir))
-        config = apply_overrides(config, tokenizer_overrides)
-        tokenizer_dirs[name] = str(train_tokenizer(config))
-        tokenizer_reports[name] = json.loads((run_dir / "report.json").read_text())
-        curves[f"tokenizer ({config.tokenizer})"] = run_dir / "metrics.jsonl"
-    tokenizer_seconds = time.perf_counter() - started
+            config = (tiny_tokenizer if tiny else quickstart_tokenizer)(run_head, run_dir)
+        tokenizer_configs[name] = apply_overrides(config, tokenizer_overrides)
+    # The model's config (and its overrides) is checked before any tokenizer trains: a bad
+    # `ar.` override fails in a second, not after minutes of tokenizer training.
+    tokenizer_dirs = {name: str(Path(config.out) / "tokenizer") for name, config in tokenizer_configs.items()}
     if recipe == "single":
         ar_config = (tiny_ar if tiny else quickstart_ar)(head, str(out / "ar_run"), tokenizer_dirs["image"])
     elif recipe == "video":
@@ -115,6 +114,12 @@ def run_quickstart(head: str = "next_token", out: str | Path = "runs/quickstart"
     else:
         ar_config = (tiny_joint_all if tiny else joint_all_ar)(str(out / "ar_run"), tokenizer_dirs)
     ar_config = apply_overrides(ar_config, ar_overrides)
+    tokenizer_reports, curves = {}, {}
+    for name, config in tokenizer_configs.items():
+        assert str(train_tokenizer(config)) == tokenizer_dirs[name]
+        tokenizer_reports[name] = json.loads((Path(config.out) / "report.json").read_text())
+        curves[f"tokenizer ({config.tokenizer})"] = Path(config.out) / "metrics.jsonl"
+    tokenizer_seconds = time.perf_counter() - started
     if "video" in heads:  # the tokenizer trained on shorter clips: report it on the model's own clip length
         tokenizer_reports["video"] = clip_reconstruction(tokenizer_dirs["video"], ar_config.modalities["video"].data)
         run_dir = out / ("tokenizer_video" if joint else "tokenizer_run")
@@ -191,11 +196,14 @@ def run_audio_quickstart(out: str | Path = "runs/quickstart_audio", overrides: l
     tokenizer_overrides, ar_overrides = _split_overrides(list(overrides))
     codec_config = apply_overrides((tiny_audio_tokenizer if tiny else audio_tokenizer)(str(out / "tokenizer_run"), source),
                                    tokenizer_overrides)
-    tokenizer_dir = str(train_tokenizer(codec_config))
+    tokenizer_dir = str(out / "tokenizer_run" / "tokenizer")
+    # checked before the codec trains, as in `run_quickstart`
+    ar_config = apply_overrides((tiny_audio_ar if tiny else audio_ar)(str(out / "ar_run"), tokenizer_dir, pattern, source),
+                                ar_overrides)
+    assert str(train_tokenizer(codec_config)) == tokenizer_dir
     tokenizer_report = json.loads((out / "tokenizer_run" / "report.json").read_text())
     tokenizer_seconds = time.perf_counter() - started
-    ar_config = (tiny_audio_ar if tiny else audio_ar)(str(out / "ar_run"), tokenizer_dir, pattern, source)
-    pipeline_dir = train_ar(apply_overrides(ar_config, ar_overrides))
+    pipeline_dir = train_ar(ar_config)
     ar_seconds = time.perf_counter() - started - tokenizer_seconds
     plot_curves({"tokenizer (audio_codec)": out / "tokenizer_run" / "metrics.jsonl",
                  f"AR (next_token, {ar_config.modalities['audio'].pattern})": out / "ar_run" / "metrics.jsonl"},
