@@ -129,10 +129,11 @@ def outside_compiled_share(fn) -> float:
     with profile(activities=[ProfilerActivity.CPU], acc_events=True) as profiler:
         fn()
     events = profiler.events()
-    loops = [event.time_range for event in events if event.name == "mmar::fill"]
-    loop = sum(event.cpu_time_total for event in events if event.name == "mmar::fill")
+    fills = [event for event in events if event.name == "mmar::fill"]
+    loop = sum(fill.cpu_time_total for fill in fills)
     inside = sum(event.cpu_time_total for event in events if event.name.startswith("Torch-Compiled Region")
-                 and any(r.start <= event.time_range.start and event.time_range.end <= r.end for r in loops))
+                 and any(fill.time_range.start <= event.time_range.start and event.time_range.end <= fill.time_range.end
+                         for fill in fills))
     return round(max(0.0, 1.0 - inside / loop), 3) if loop else float("nan")
 
 

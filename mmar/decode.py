@@ -165,7 +165,7 @@ def compile_dynamic(module: torch.nn.Module) -> Callable:
     """A forward whose shapes follow its inputs, compiled once for all of them (dynamic shapes): a
     prompt's prefill (`generate.Sequence`), whose length and count of real positions follow the
     prompts, and the recomputed sequence of the uncached reference path. On CPU with the backend
-    of the decode steps (every linear layer packed: their rows are symbolic)."""
+    of the decode steps (its linear layers on a large weight packed: their rows are symbolic)."""
     if next(module.parameters()).device.type == "cuda":
         return torch.compile(module, dynamic=True, fullgraph=True)
     pack_weights(module)
